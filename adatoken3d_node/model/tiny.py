@@ -1,0 +1,236 @@
+"""A tiny, random-weight, *untrained* LLaMA checkpoint in the Hugging Face on-disk format.
+
+It exists so that the engine, the node and the tests can run end to end without downloading
+anything: the files are exactly what `from_pretrained` reads for a real LLaMA / LLaVA-3D language
+model (config.json, generation_config.json, model.safetensors, a fast tokenizer), only small.
+Its answers are meaningless. `adatoken3d_tiny.json` marks it as untrained so a user is told so.
+
+    adatoken3d-make-tiny [OUT_DIR] [--seed N] [--force]
+    (OUT_DIR defaults to default_tiny_dir(), where the node looks when model_path is empty)
+
+Same seed => byte-identical model.safetensors and tokenizer.json.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import shutil
+import sys
+
+MARKER = "adatoken3d_tiny.json"
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]  # ids 0..3, LLaMA order plus a pad
+VOCAB_SIZE = 512
+
+# Tokenizer training text. Byte-level BPE encodes any text without unknowns (every byte is in the
+# base alphabet); this corpus only decides which merges exist, i.e. how short common text gets.
+CORPUS = [
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions.",
+    "USER: What is on the table? ASSISTANT: There is a red mug and a laptop on the table.",
+    "USER: Where is the chair? ASSISTANT: The chair is next to the desk, near the window.",
+    "USER: How many chairs are in the room? ASSISTANT: There are four chairs in the room.",
+    "USER: Is the door open? ASSISTANT: Yes, the door on the left is open.",
+    "USER: What color is the sofa? ASSISTANT: The sofa is dark blue.",
+    "USER: Can the robot reach the shelf? ASSISTANT: Yes, the shelf is within reach of the robot arm.",
+    "USER: Where should I go to find the kitchen? ASSISTANT: Go through the hallway and turn right.",
+    "USER: What is behind the robot? ASSISTANT: A white wall and a trash bin are behind the robot.",
+    "USER: Describe the scene. ASSISTANT: This is a small office with a desk, two monitors and a plant.",
+    "USER: Is there a person in the room? ASSISTANT: No, the room is empty.",
+    "USER: Which object is closest to the camera? ASSISTANT: The black backpack on the floor is closest.",
+    "USER: How far is the bed from the door? ASSISTANT: The bed is about three meters from the door.",
+    "USER: What is under the desk? ASSISTANT: A power strip and a pair of shoes are under the desk.",
+    "USER: Find the cup. ASSISTANT: The cup is on the kitchen counter, to the left of the sink.",
+    "USER: Is the path to the window clear? ASSISTANT: No, a box is blocking the path to the window.",
+    "USER: What is the largest object in the scene? ASSISTANT: The largest object is the bookshelf.",
+    "USER: Where is the lamp? ASSISTANT: The lamp stands in the corner behind the armchair.",
+    "USER: How many doors does the room have? ASSISTANT: The room has two doors.",
+    "USER: Pick up the bottle. ASSISTANT: The bottle is on the second shelf; move the arm up to reach it.",
+    "USER: What is to the right of the monitor? ASSISTANT: A keyboard and a small speaker.",
+    "USER: Is the floor wet? ASSISTANT: I cannot tell from the point cloud; the floor looks flat.",
+    "USER: Which chair is free? ASSISTANT: The chair at the end of the table is free.",
+    "USER: Navigate to the sink. ASSISTANT: The sink is in the kitchen, about five meters ahead.",
+    "USER: What is hanging on the wall? ASSISTANT: A clock and a whiteboard are hanging on the wall.",
+    "USER: Count the plants. ASSISTANT: There are three plants, two on the floor and one on the desk.",
+    "USER: Is the trash bin full? ASSISTANT: The trash bin is about half full.",
+    "USER: Where is the nearest exit? ASSISTANT: The nearest exit is the door behind you.",
+    "USER: What is the robot looking at? ASSISTANT: The robot is looking at a table with two cups.",
+    "USER: Is the box heavy? ASSISTANT: The box looks large, but I cannot know its weight.",
+    "USER: Where did I leave my keys? ASSISTANT: The keys are on the table next to the door.",
+    "USER: What is between the sofa and the TV? ASSISTANT: A low coffee table is between them.",
+    "USER: Can you see a window? ASSISTANT: Yes, there is a large window on the far wall.",
+    "USER: How tall is the cabinet? ASSISTANT: The cabinet is about two meters tall.",
+    "USER: Is the cup to the left or right of the plate? ASSISTANT: The cup is to the right of the plate.",
+    "USER: Which drawer is open? ASSISTANT: The top drawer of the dresser is open.",
+]
+
+
+def build_tokenizer():
+    """Train the byte-level BPE tokenizer on CORPUS and wrap it for transformers.
+
+    The tokenizer itself prepends <s> (post-processor), like LLaMA's add_bos_token=True,
+    so `tokenizer(text).input_ids[0] == bos_token_id` for any text.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        min_frequency=1,
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS, trainer=trainer)
+    bos = tok.token_to_id("<s>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        model_max_length=2048,
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def _make_tokenizer_files_portable(out: pathlib.Path, tokenizer) -> None:
+    """Make the saved tokenizer loadable by transformers 4.x too (LLaVA-3D's own code pins 4.x).
+
+    transformers 5 saves tokenizer_class "TokenizersBackend" (a 5.x-only name) and no
+    special_tokens_map.json. "PreTrainedTokenizerFast" means the same thing to both 4.x and 5.x.
+    """
+    cfg_path = out / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    special = {
+        "bos_token": tokenizer.bos_token,
+        "eos_token": tokenizer.eos_token,
+        "unk_token": tokenizer.unk_token,
+        "pad_token": tokenizer.pad_token,
+    }
+    (out / "special_tokens_map.json").write_text(json.dumps(special, indent=2, sort_keys=True) + "\n")
+
+
+def is_tiny_checkpoint(out_dir, seed: int) -> bool:
+    """True when out_dir holds a complete tiny checkpoint made with this seed."""
+    out = pathlib.Path(out_dir)
+    try:
+        marker = json.loads((out / MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    needed = ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json"]
+    needed += ["tokenizer_config.json"]
+    return (
+        marker.get("kind") == "tiny-random"
+        and marker.get("seed") == seed
+        and all((out / name).is_file() for name in needed)
+    )
+
+
+def create_tiny_checkpoint(out_dir, seed: int = 0) -> pathlib.Path:
+    """Write a random-weight tiny LLaMA checkpoint plus tokenizer to out_dir; return the path."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    # The marker is removed first and written last, so an interrupted run never looks complete.
+    (out / MARKER).unlink(missing_ok=True)
+
+    tokenizer = build_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=176,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,  # 2 query heads per kv head: grouped-query attention, as in larger LLaMAs
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=False,
+    )
+    # A one-file tiny checkpoint needs no "Writing model shards" progress bar.
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(out, safe_serialization=True)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    tokenizer.save_pretrained(out)
+    _make_tokenizer_files_portable(out, tokenizer)
+
+    marker = {
+        "kind": "tiny-random",
+        "seed": seed,
+        "trained": False,
+        "note": "Random weights, never trained: answers are meaningless. For tests and plumbing only; "
+        "made by adatoken3d_node.model.tiny.",
+    }
+    (out / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+    return out
+
+
+def default_tiny_dir() -> pathlib.Path:
+    """Where set-up puts the tiny model and where the node looks when model_path is empty."""
+    cache = os.environ.get("ADATOKEN3D_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "adatoken3d")
+    return pathlib.Path(cache) / "tiny-random-seed0"
+
+
+def ensure_tiny_checkpoint(out_dir, seed: int = 0) -> pathlib.Path:
+    """The tiny checkpoint at out_dir, created there if missing; safe when several processes race."""
+    out = pathlib.Path(out_dir)
+    if is_tiny_checkpoint(out, seed):
+        return out
+    staging = out.with_name(f"{out.name}.tmp{os.getpid()}")
+    create_tiny_checkpoint(staging, seed)
+    shutil.rmtree(out, ignore_errors=True)   # an incomplete earlier attempt
+    try:
+        os.rename(staging, out)
+    except OSError:                          # another process finished first
+        shutil.rmtree(staging, ignore_errors=True)
+    if not is_tiny_checkpoint(out, seed):
+        raise RuntimeError(f"could not create the tiny checkpoint at {out}")
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="adatoken3d-make-tiny",
+        description="Create a tiny random-weight (untrained) LLaMA checkpoint for tests.",
+    )
+    parser.add_argument("out_dir", type=pathlib.Path, nargs="?", default=default_tiny_dir())
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--force", action="store_true", help="recreate even if it already exists")
+    args = parser.parse_args(argv)
+
+    if not args.force and is_tiny_checkpoint(args.out_dir, args.seed):
+        print(f"tiny checkpoint (seed {args.seed}) already at {args.out_dir}; nothing to do (use --force to recreate)")
+        return 0
+    path = create_tiny_checkpoint(args.out_dir, seed=args.seed)
+    print(f"created tiny random-weight checkpoint (seed {args.seed}, untrained) at {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

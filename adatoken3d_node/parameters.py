@@ -1,0 +1,96 @@
+"""Every parameter of the adatoken3d node: name, default, type, meaning. Defined once here.
+
+The node declares exactly these (plus ROS's own `use_sim_time`);
+config/adatoken3d.yaml holds exactly these defaults and the README's table lists
+exactly these rows (both checked by tests/test_package_facts.py). Print the
+README table with `python -m adatoken3d_node.parameters`.
+"""
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    name: str
+    default: Any                     # its Python type is the parameter's type
+    description: str
+    choices: Optional[Sequence[str]] = None
+    min_value: Optional[float] = None
+    max_value: Optional[float] = None
+
+    def validate(self, value: Any) -> Optional[str]:
+        """None when `value` is acceptable, otherwise a reason a user can act on."""
+        if self.choices is not None and value not in self.choices:
+            return f'{self.name}={value!r} is not one of {list(self.choices)}'
+        if self.min_value is not None and value < self.min_value:
+            return f'{self.name}={value!r} is below the minimum {self.min_value}'
+        if self.max_value is not None and value > self.max_value:
+            return f'{self.name}={value!r} is above the maximum {self.max_value}'
+        return None
+
+
+RELIABILITY_CHOICES = ('best_effort', 'reliable')
+
+PARAMETERS = (
+    ParameterSpec('fixed_frame', 'map',
+                  'Frame in which views are fused; frame_id of answers and metrics.'),
+    ParameterSpec('model_path', '',
+                  'Checkpoint directory (config.json, *.safetensors, tokenizer files). Empty: the '
+                  'random-weight tiny model created at set-up, which is untrained (its words mean nothing).'),
+    ParameterSpec('device', 'auto', 'Where the model runs: auto (cuda when available), cpu, cuda, cuda:N.'),
+    ParameterSpec('dtype', 'auto', 'Model dtype: auto (float32 on cpu, bfloat16 on cuda), float32, float16, bfloat16.',
+                  choices=('auto', 'float32', 'float16', 'bfloat16')),
+    ParameterSpec('allow_pickle', False,
+                  'Also load pickle (.bin) weights. Off: only safetensors are read; never enable it for files you do not trust.'),
+    ParameterSpec('gating', 'none', 'Spatial-token gating policy. This version implements none (dense prefill).',
+                  choices=('none',)),
+    ParameterSpec('latency_budget_ms', 0.0,
+                  'Default per-query latency budget in ms, accept to answer; 0 = no budget. deadline_met is measured against it.',
+                  min_value=0.0),
+    ParameterSpec('max_new_tokens', 32, 'Default number of tokens generated per answer.', min_value=1),
+    ParameterSpec('max_new_tokens_limit', 512, 'Largest max_new_tokens a request may ask for.', min_value=1),
+    ParameterSpec('queue_size', 10, 'Queries waiting behind the one being answered; more are refused with a reason.',
+                  min_value=1, max_value=1000),
+    ParameterSpec('max_question_chars', 2000, 'Longer questions are refused with a reason.', min_value=1),
+    ParameterSpec('warmup', True, 'Run one short generation at configure so the first query is not slow.'),
+    ParameterSpec('sensor_qos_reliability', 'best_effort',
+                  'Reliability of the sensor subscriptions (REP-2003 sensor data QoS is best_effort).',
+                  choices=RELIABILITY_CHOICES),
+    ParameterSpec('sensor_qos_depth', 5, 'History depth of the sensor subscriptions (keep last).', min_value=1),
+    ParameterSpec('diagnostics_period_s', 1.0, 'Period of the /diagnostics status.', min_value=0.05),
+)
+
+BY_NAME = {spec.name: spec for spec in PARAMETERS}
+
+
+def defaults() -> dict:
+    return {spec.name: spec.default for spec in PARAMETERS}
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered not in ('true', 'false'):
+        raise ValueError(f'expected true or false, not {text!r}')
+    return lowered == 'true'
+
+
+def coerce(name: str, text: str) -> Any:
+    """Parse a command-line string into the type of parameter `name` (for name:=value arguments)."""
+    kind = type(BY_NAME[name].default)
+    try:
+        return parse_bool(text) if kind is bool else kind(text)
+    except ValueError as error:
+        raise ValueError(f'{name}: {error}' if kind is bool else
+                         f'{name} takes a {kind.__name__}, not {text!r}') from None
+
+
+def markdown_table() -> str:
+    rows = ['| parameter | default | meaning |', '| --- | --- | --- |']
+    for spec in PARAMETERS:
+        default = repr(spec.default) if isinstance(spec.default, str) else str(spec.default).lower()
+        rows.append(f'| `{spec.name}` | `{default}` | {spec.description} |')
+    return '\n'.join(rows)
+
+
+if __name__ == '__main__':
+    print(markdown_table())

@@ -1,0 +1,159 @@
+"""Queries: validation, the bounded FIFO queue, and the single worker thread that answers them.
+
+ROS-free. The node's service and action callbacks only validate and submit;
+one worker thread answers queries one at a time in arrival order, so inference
+never runs in an executor callback and never competes with itself for the GPU.
+"""
+import itertools
+import math
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Tuple
+
+
+@dataclass
+class QueryReport:
+    """Everything QueryMetrics carries, without ROS types (times in ms, stamps in ns)."""
+    query_id: str = ''
+    latency_budget_ms: float = 0.0
+    deadline_met: bool = True
+    total_ms: float = 0.0
+    queue_ms: float = 0.0
+    scene_ms: float = 0.0
+    vision_ms: float = 0.0
+    prefill_ms: float = 0.0
+    decode_ms: float = 0.0
+    num_views: int = 0
+    spatial_tokens: int = 0
+    spatial_tokens_kept: int = 0
+    text_tokens: int = 0
+    generated_tokens: int = 0
+    prefill_flops_dense: float = 0.0
+    prefill_flops: float = 0.0
+    flops_reduction: float = 0.0
+    gating: str = ''
+    scene_stamp_ns: int = 0
+
+
+@dataclass
+class QueryOutcome:
+    success: bool
+    answer: str = ''
+    error: str = ''
+    cancelled: bool = False
+    report: QueryReport = field(default_factory=QueryReport)
+
+
+@dataclass
+class QueryJob:
+    seq: int
+    question: str
+    latency_budget_ms: float
+    max_new_tokens: int
+    accepted_at: float                                   # time.monotonic() at accept
+    on_done: Callable[[QueryOutcome], None]
+    on_token: Optional[Callable[[str, int], None]] = None   # (partial answer, tokens so far)
+    should_stop: Callable[[], bool] = lambda: False      # e.g. the action goal was cancelled
+
+    @property
+    def query_id(self) -> str:
+        return f'q{self.seq:06d}'
+
+
+@dataclass(frozen=True)
+class QueryLimits:
+    max_question_chars: int
+    max_new_tokens: int          # used when a request says 0
+    max_new_tokens_limit: int
+    latency_budget_ms: float     # used when a request says 0
+
+
+def resolve_request(question: str, latency_budget_ms: float, max_new_tokens: int,
+                    limits: QueryLimits) -> Tuple[Optional[str], str, float, int]:
+    """Check a request and fill in the node's defaults.
+
+    Returns (error or None, stripped question, budget ms, max new tokens).
+    """
+    text = question.strip()
+    if not text:
+        return 'the question is empty', text, 0.0, 0
+    if len(question) > limits.max_question_chars:
+        return (f'the question has {len(question)} characters, more than max_question_chars='
+                f'{limits.max_question_chars}', text, 0.0, 0)
+    if not math.isfinite(latency_budget_ms) or latency_budget_ms < 0:
+        return f'latency_budget_ms must be >= 0 (0 = the node default), got {latency_budget_ms}', text, 0.0, 0
+    if max_new_tokens > limits.max_new_tokens_limit:
+        return (f'max_new_tokens={max_new_tokens} is above max_new_tokens_limit='
+                f'{limits.max_new_tokens_limit}', text, 0.0, 0)
+    budget = latency_budget_ms or limits.latency_budget_ms
+    return None, text, budget, max_new_tokens or limits.max_new_tokens
+
+
+class QueryWorker:
+    """A bounded FIFO of queries and the one thread that answers them."""
+
+    def __init__(self, answer: Callable[[QueryJob], QueryOutcome], capacity: int,
+                 name: str = 'adatoken3d-query-worker'):
+        self._answer = answer
+        self._queue: 'queue.Queue[Optional[QueryJob]]' = queue.Queue(maxsize=capacity)
+        self._capacity = capacity
+        self._submit_lock = threading.Lock()
+        self._seq = itertools.count(1)
+        self._busy = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    @property
+    def depth(self) -> int:
+        """Queries accepted and not yet finished (waiting plus the one running)."""
+        return self._queue.qsize() + int(self._busy)
+
+    def submit(self, question: str, latency_budget_ms: float, max_new_tokens: int,
+               on_done: Callable[[QueryOutcome], None],
+               on_token: Optional[Callable[[str, int], None]] = None,
+               should_stop: Callable[[], bool] = lambda: False) -> Tuple[Optional[QueryJob], str]:
+        """Queue a query; returns (job, '') or (None, reason) when the queue is full."""
+        # Numbering and enqueueing under one lock: query ids follow arrival order.
+        with self._submit_lock:
+            job = QueryJob(next(self._seq), question, latency_budget_ms, max_new_tokens,
+                           time.monotonic(), on_done, on_token, should_stop)
+            try:
+                self._queue.put_nowait(job)
+            except queue.Full:
+                return None, (f'the query queue is full ({self._capacity} waiting, queue_size='
+                              f'{self._capacity}); retry later or raise queue_size')
+        return job, ''
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish the queued queries, then end the thread."""
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            self._busy = True
+            started = time.monotonic()
+            if job.should_stop():
+                outcome = QueryOutcome(False, error='cancelled before it started', cancelled=True)
+            else:
+                try:
+                    outcome = self._answer(job)
+                except Exception as error:  # the worker must survive any query
+                    outcome = QueryOutcome(False, error=f'{type(error).__name__}: {error}')
+            finished = time.monotonic()
+            report = outcome.report
+            report.query_id = job.query_id
+            report.latency_budget_ms = job.latency_budget_ms
+            report.queue_ms = (started - job.accepted_at) * 1e3
+            report.total_ms = (finished - job.accepted_at) * 1e3
+            report.deadline_met = job.latency_budget_ms <= 0 or report.total_ms <= job.latency_budget_ms
+            self._busy = False
+            try:
+                job.on_done(outcome)
+            except Exception:
+                pass  # a client that went away must not stop the worker

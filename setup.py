@@ -1,0 +1,40 @@
+"""ament_python package `adatoken3d` (the repository root).
+
+colcon installs it with `setup.py develop/install` (setup.cfg puts the node
+executables in lib/adatoken3d for `ros2 run` / `ros2 launch`); the Makefile's
+pip path installs it with `pip install .`, which puts the same console scripts
+on the venv's PATH. Dependencies are system/venv packages (package.xml,
+requirements/), not install_requires, as usual for ROS packages.
+"""
+import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = 'adatoken3d'
+
+setup(
+    name=PACKAGE,
+    version='0.1.0',
+    packages=find_packages(include=['adatoken3d_node', 'adatoken3d_node.*']),
+    data_files=[
+        ('share/ament_index/resource_index/packages', [f'resource/{PACKAGE}']),
+        (f'share/{PACKAGE}', ['package.xml']),
+        (f'share/{PACKAGE}/launch', glob.glob('launch/*.launch.py')),
+        (f'share/{PACKAGE}/config', glob.glob('config/*.yaml') + glob.glob('config/*.xml')),
+        (f'share/{PACKAGE}/models', glob.glob('models/*.md') + glob.glob('models/*.json')),
+    ],
+    install_requires=['setuptools'],
+    zip_safe=True,
+    maintainer='adatoken3d developers',
+    maintainer_email='dev@adatoken3d.invalid',
+    description='LLaVA-3D scene question answering with AdaToken-3D spatial token gating, as a ROS 2 node',
+    license='Apache-2.0',
+    entry_points={
+        'console_scripts': [
+            'adatoken3d_node = adatoken3d_node.node:main',
+            'adatoken3d-bringup = adatoken3d_node.bringup:main',
+            'adatoken3d-demo = adatoken3d_node.demo:main',
+            'adatoken3d-make-tiny = adatoken3d_node.model.tiny:main',
+        ],
+    },
+)
