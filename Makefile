@@ -66,7 +66,7 @@ bench: setup
 # Regenerate the lock file from what is installed in .venv.
 lock: $(VENV)/.stamp-deps
 	( echo '# Lock file: exact versions installed by make (pip -c). Regenerate with make lock.'; \
-	  $(PIP) freeze --all | grep -v -i -E '^(adatoken3d|pip==)' | sed 's/+cpu//' ) > $(CONSTRAINTS)
+	  $(PIP) freeze --all | grep -v -i -E '^(adatoken3d|tf2.msgs|pip==)' | sed 's/+cpu//' ) > $(CONSTRAINTS)
 
 # Runs the test suite and reports how many packets left through non-loopback
 # interfaces meanwhile (README, "DDS stays on loopback").

@@ -131,6 +131,10 @@ class QueryClient:
         if not self._ask.wait_for_server(timeout_sec=timeout):
             raise TimeoutError(f'{self.ask_action} not available after {timeout:.0f} s')
 
+    def query_service_ready(self) -> bool:
+        """Whether a ~/query server is matched right now (the node is active)."""
+        return self._query.service_is_ready()
+
     # --------------------------------------------------------------- calls
     def query_async(self, question: str, latency_budget_ms: float = 0.0, max_new_tokens: int = 0):
         return self._query.call_async(Query.Request(question=question, latency_budget_ms=latency_budget_ms,

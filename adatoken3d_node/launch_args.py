@@ -8,6 +8,7 @@ relative name (for remaps).
 """
 import json
 import pathlib
+import sys
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
@@ -110,5 +111,12 @@ def describe() -> str:
                      for arg in LAUNCH_ARGUMENTS)
 
 
+def markdown_table() -> str:
+    rows = ['| argument | default | meaning |', '| --- | --- | --- |']
+    rows += [f'| `{arg.name}` | {f"`{arg.default}`" if arg.default else "(empty)"} | {arg.description} |'
+             for arg in LAUNCH_ARGUMENTS]
+    return '\n'.join(rows)
+
+
 if __name__ == '__main__':
-    print(describe())
+    print(markdown_table() if '--markdown' in sys.argv else describe())

@@ -302,7 +302,7 @@ def test_load_missing_directory(tmp_path):
     missing = tmp_path / "nope"
     with pytest.raises(ModelLoadError, match="does not exist") as err:
         TextEngine.load(missing)
-    assert str(missing) in str(err.value) and "adatoken3d_node.model.tiny" in str(err.value)
+    assert str(missing) in str(err.value) and "adatoken3d-make-tiny" in str(err.value)
 
 
 def test_load_missing_config(ckpt, tmp_path):

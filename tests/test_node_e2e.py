@@ -207,3 +207,39 @@ def test_a_model_that_does_not_load_leaves_the_node_unconfigured_with_a_reason(t
         assert state.id == State.PRIMARY_STATE_UNCONFIGURED
         assert str(missing) in process.log()
         assert process.alive()
+
+
+def test_lifecycle_transitions_without_autostart(tiny_model, tmp_path):
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState
+    log = tmp_path / 'manual.log'
+    with NodeProcess(['namespace:=manual', f'model_path:={tiny_model}', 'autostart:=false'],
+                     log_path=str(log)) as process, QueryClient(namespace='manual', name='manual_client') as client:
+        get_state = client.node.create_client(GetState, '/manual/adatoken3d/get_state')
+        change_state = client.node.create_client(ChangeState, '/manual/adatoken3d/change_state')
+        assert change_state.wait_for_service(timeout_sec=START_TIMEOUT), process.log()
+
+        def state():
+            return client._result(get_state.call_async(GetState.Request()), CALL_TIMEOUT, 'state').current_state.id
+
+        def transition(transition_id):
+            request = ChangeState.Request(transition=Transition(id=transition_id))
+            return client._result(change_state.call_async(request), START_TIMEOUT, 'transition').success
+
+        def query_service_offered():
+            return client.query_service_ready()
+
+        assert state() == State.PRIMARY_STATE_UNCONFIGURED
+        assert transition(Transition.TRANSITION_CONFIGURE) and state() == State.PRIMARY_STATE_INACTIVE
+        assert not query_service_offered()
+        assert transition(Transition.TRANSITION_ACTIVATE) and state() == State.PRIMARY_STATE_ACTIVE
+        client.wait_for_node(timeout=CALL_TIMEOUT)
+        assert client.query('Anyone there?', max_new_tokens=2).success
+        assert transition(Transition.TRANSITION_DEACTIVATE) and state() == State.PRIMARY_STATE_INACTIVE
+        client.wait_until(lambda: not query_service_offered(), CALL_TIMEOUT, 'the query service to go away')
+        assert transition(Transition.TRANSITION_CLEANUP) and state() == State.PRIMARY_STATE_UNCONFIGURED
+        assert 'cleaned up: model freed' in process.log()
+        # configure again after cleanup: the way a model is swapped at run time
+        assert transition(Transition.TRANSITION_CONFIGURE) and transition(Transition.TRANSITION_ACTIVATE)
+        client.wait_for_node(timeout=CALL_TIMEOUT)
+        assert client.query('Back again?', max_new_tokens=2).success

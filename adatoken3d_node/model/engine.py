@@ -22,8 +22,7 @@ import torch
 
 from .flops import LlamaShape, prefill_flops
 from .prompt import build_prompt
-
-MARKER = "adatoken3d_tiny.json"  # written by tiny.py; says whether the weights were ever trained
+from .tiny import MARKER  # says whether the weights were ever trained
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")  # fast tokenizer / sentencepiece model
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -110,7 +109,7 @@ class TextEngine:
             what = "is not a directory" if path.exists() else "does not exist"
             raise ModelLoadError(
                 f"model path {path} {what}. Point it at a Hugging Face LLaMA checkpoint directory, or create "
-                f"a tiny untrained test checkpoint with: python -m adatoken3d_node.model.tiny {path}"
+                f"a tiny untrained test checkpoint with: adatoken3d-make-tiny {path}"
             )
         config_file = path / "config.json"
         if not config_file.is_file():
@@ -149,6 +148,9 @@ class TextEngine:
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         except Exception as e:
             raise ModelLoadError(f"cannot load the tokenizer from {path}: {type(e).__name__}: {e}") from e
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # a node's log is no terminal: no "Loading weights" bars
         try:
             model, info = LlamaForCausalLM.from_pretrained(
                 path,

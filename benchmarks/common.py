@@ -1,0 +1,38 @@
+"""What every benchmark records about where it ran, and how it writes its results."""
+import json
+import os
+import pathlib
+import platform
+import subprocess
+import sys
+import time
+
+RESULTS = pathlib.Path(__file__).resolve().parent / 'results'
+
+
+def machine() -> dict:
+    import torch
+    cpu = platform.processor() or ''
+    try:
+        for line in pathlib.Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('model name'):
+                cpu = line.split(':', 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        'cpu': cpu, 'cores': os.cpu_count(), 'python': platform.python_version(), 'torch': torch.__version__,
+        'torch_threads': torch.get_num_threads(),
+        'gpu': torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        'date': time.strftime('%Y-%m-%d'),
+        'commit': subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True,
+                                 cwd=RESULTS.parent).stdout.strip() or None,
+    }
+
+
+def write_results(name: str, results: dict) -> pathlib.Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f'{name}.json'
+    path.write_text(json.dumps(results, indent=2, sort_keys=False) + '\n')
+    print(f'wrote {path}', file=sys.stderr)
+    return path
