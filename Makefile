@@ -62,6 +62,7 @@ demo: setup
 
 bench: setup
 	$(PY) -m benchmarks.bench_query
+	$(PY) -m benchmarks.bench_perception
 
 # Regenerate the lock file from what is installed in .venv.
 lock: $(VENV)/.stamp-deps

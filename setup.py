@@ -35,6 +35,7 @@ setup(
             'adatoken3d-bringup = adatoken3d_node.bringup:main',
             'adatoken3d-demo = adatoken3d_node.demo:main',
             'adatoken3d-make-tiny = adatoken3d_node.model.tiny:main',
+            'adatoken3d-bag = adatoken3d_node.bags:main',
         ],
     },
 )

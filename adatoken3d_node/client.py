@@ -101,6 +101,12 @@ class QueryClient:
         self._spinner = threading.Thread(target=self._spin, daemon=True)
         self._spinner.start()
 
+    def collect(self, msg_type, topic: str, qos=OUTPUT_QOS) -> list:
+        """Subscribe to any topic; returns the list its messages are appended to."""
+        received: list = []
+        self.node.create_subscription(msg_type, topic, received.append, qos)
+        return received
+
     def _spin(self) -> None:
         try:
             self.executor.spin()

@@ -25,6 +25,9 @@ ASK_ACTION = '~/ask'
 ANSWER_TOPIC = '~/answer'
 METRICS_TOPIC = '~/metrics'
 DIAGNOSTICS_TOPIC = '/diagnostics'
+# The scene memory, for RViz and tests: patch positions (with their view) and spatial-token centres.
+SCENE_POINTS_TOPIC = '~/scene_points'
+SCENE_TOKENS_TOPIC = '~/scene_tokens'
 
 
 def private_name(name: str, namespace: str = '') -> str:

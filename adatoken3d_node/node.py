@@ -30,8 +30,10 @@ from rclpy.utilities import remove_ros_args
 from rcl_interfaces.msg import ParameterDescriptor
 
 from builtin_interfaces.msg import Time
+from std_msgs.msg import Header
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+import numpy as np
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from tf2_msgs.msg import TFMessage
 
 from adatoken3d_interfaces.action import Ask
@@ -42,17 +44,32 @@ from . import names, parameters
 from .qos import DIAGNOSTICS_QOS, OUTPUT_QOS, QUERY_QOS, TF_QOS, TF_STATIC_QOS, action_qos_kwargs, sensor_qos
 from .model.engine import ModelLoadError, TextEngine
 from .model.tiny import default_tiny_dir, ensure_tiny_checkpoint
+from .perception.frontend import FrontEndConfig, SceneFrontEnd
+from .perception.keyframes import KeyframePolicy
 from .pipeline import AnswerPipeline
 from .queries import QueryLimits, QueryOutcome, QueryReport, QueryWorker, resolve_request
-from .stats import LatencyStats, RateMeter
+from .ros_backends import make_tf_and_sync
+from .sensors import SensorConfig, SensorPipeline, sync_keys
+from .stats import LatencyStats
 
 SENSOR_TYPES = {'color_image': Image, 'color_info': CameraInfo, 'depth_image': Image,
                 'depth_info': CameraInfo, 'points': PointCloud2}
 DRAIN_TIMEOUT_S = 60.0
 
 
-def stamp_ns(msg) -> int:
-    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+POINT_FIELD_TYPES = {np.dtype('<f4'): PointField.FLOAT32, np.dtype('<f8'): PointField.FLOAT64,
+                     np.dtype('<u2'): PointField.UINT16, np.dtype('<u4'): PointField.UINT32,
+                     np.dtype('uint8'): PointField.UINT8}
+
+
+def structured_cloud(header: Header, points: np.ndarray) -> PointCloud2:
+    """An unorganised PointCloud2 whose fields are the (little-endian) fields of a numpy structured array."""
+    fields = [PointField(name=name, offset=points.dtype.fields[name][1],
+                         datatype=POINT_FIELD_TYPES[points.dtype.fields[name][0]], count=1)
+              for name in points.dtype.names]
+    return PointCloud2(header=header, height=1, width=len(points), fields=fields, is_bigendian=False,
+                       point_step=points.dtype.itemsize, row_step=points.dtype.itemsize * len(points),
+                       data=points.tobytes(), is_dense=True)
 
 
 def to_metrics_msg(report: QueryReport, stamp: Time, frame_id: str) -> QueryMetrics:
@@ -77,8 +94,9 @@ class Adatoken3dNode(LifecycleNode):
             self.declare_parameter(spec.name, spec.default, ParameterDescriptor(description=spec.description))
         self._queries_group = ReentrantCallbackGroup()
         self._sensors_group = MutuallyExclusiveCallbackGroup()
-        self._rates: Dict[str, RateMeter] = {key: RateMeter() for key in (*names.SENSOR_TOPICS, 'tf', 'tf_static')}
         self._latency = LatencyStats()
+        self._frontend: Optional[SceneFrontEnd] = None
+        self._sensors: Optional[SensorPipeline] = None
         self._accepting = False
         self._config: Dict[str, object] = {}
         self._pipeline: Optional[AnswerPipeline] = None
@@ -120,7 +138,18 @@ class Adatoken3dNode(LifecycleNode):
         self._answer_pub = self.create_publisher(Answer, names.ANSWER_TOPIC, OUTPUT_QOS)
         self._metrics_pub = self.create_publisher(QueryMetrics, names.METRICS_TOPIC, OUTPUT_QOS)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, names.DIAGNOSTICS_TOPIC, DIAGNOSTICS_QOS)
-        self._publishers = [self._answer_pub, self._metrics_pub, self._diagnostics_pub]
+        self._scene_points_pub = self.create_publisher(PointCloud2, names.SCENE_POINTS_TOPIC, OUTPUT_QOS)
+        self._scene_tokens_pub = self.create_publisher(PointCloud2, names.SCENE_TOKENS_TOPIC, OUTPUT_QOS)
+        self._publishers = [self._answer_pub, self._metrics_pub, self._diagnostics_pub, self._scene_points_pub,
+                            self._scene_tokens_pub]
+        self._frontend = SceneFrontEnd(FrontEndConfig(
+            image_size=config['image_size'], patch_grid=config['image_size'] // 14, patch_xyz=config['patch_xyz'],
+            voxel_size=config['voxel_size'], max_spatial_tokens=config['max_spatial_tokens'],
+            keyframes=KeyframePolicy(max_views=config['max_views'],
+                                     min_translation_m=config['keyframe_min_translation_m'],
+                                     min_rotation_deg=config['keyframe_min_rotation_deg'],
+                                     max_interval_s=config['keyframe_max_interval_s'])))
+        self._frontend.warmup()
         self._worker = QueryWorker(self._pipeline.answer, capacity=config['queue_size'])
         self.get_logger().info(
             f'configured: model {model_path} on {engine.device} ({engine.dtype}), '
@@ -128,12 +157,23 @@ class Adatoken3dNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        sensors = sensor_qos(self._config['sensor_qos_reliability'], self._config['sensor_qos_depth'])
+        config = self._config
+        tf, sync, backend = make_tf_and_sync(config['tf_sync_backend'], self, sync_keys(config['depth_source']),
+                                             config['sync_slop_s'])
+        self._tf_sync_backend = backend
+        self._sensors = SensorPipeline(
+            self._frontend, SensorConfig(config['fixed_frame'], config['depth_source'], config['depth_scale'],
+                                         config['sync_slop_s'], config['tf_timeout_s']),
+            self.get_logger(), tf, sync, on_view_kept=self._publish_scene if config['publish_scene'] else None)
+        sensors = sensor_qos(config['sensor_qos_reliability'], config['sensor_qos_depth'])
+        pipeline = self._sensors
         self._subscriptions_active = [
-            self._subscribe(SENSOR_TYPES[key], topic, key, sensors) for key, topic in names.SENSOR_TOPICS.items()]
+            self._subscribe(SENSOR_TYPES[key], topic, sensors, lambda msg, key=key: pipeline.on_sensor(key, msg))
+            for key, topic in names.SENSOR_TOPICS.items()]
         self._subscriptions_active += [
-            self._subscribe(TFMessage, names.TF_TOPIC, 'tf', TF_QOS),
-            self._subscribe(TFMessage, names.TF_STATIC_TOPIC, 'tf_static', TF_STATIC_QOS)]
+            self._subscribe(TFMessage, names.TF_TOPIC, TF_QOS, lambda msg: pipeline.on_tf(msg, static=False)),
+            self._subscribe(TFMessage, names.TF_STATIC_TOPIC, TF_STATIC_QOS,
+                            lambda msg: pipeline.on_tf(msg, static=True))]
         self._query_service = self.create_service(Query, names.QUERY_SERVICE, self._on_query,
                                                   qos_profile=QUERY_QOS, callback_group=self._queries_group)
         self._diagnostics_timer = self.create_timer(self._config['diagnostics_period_s'],
@@ -185,6 +225,9 @@ class Adatoken3dNode(LifecycleNode):
         if self._action_server is not None:
             self._action_server.destroy()
             self._action_server = None
+        if self._sensors is not None:
+            self._sensors.stop()
+            self._sensors = None
 
     def _release(self) -> None:
         if self._worker is not None:
@@ -193,6 +236,7 @@ class Adatoken3dNode(LifecycleNode):
         for publisher in self._publishers:
             self.destroy_publisher(publisher)
         self._publishers = []
+        self._frontend = None
         if self._pipeline is not None:
             on_cuda = self._pipeline.engine.device.type == 'cuda'
             self._pipeline = None
@@ -202,15 +246,28 @@ class Adatoken3dNode(LifecycleNode):
                 torch.cuda.empty_cache()
 
     # ------------------------------------------------------------------ sensors
-    def _subscribe(self, msg_type, topic: str, key: str, qos: QoSProfile):
-        meter = self._rates[key]
-
-        def on_message(msg) -> None:  # sensor callbacks only record; never infer here
-            meter.tick(stamp_ns(msg) if hasattr(msg, 'header') else None)
-
+    def _subscribe(self, msg_type, topic: str, qos: QoSProfile, callback):
+        # Sensor callbacks only record (SensorPipeline); inference never runs here.
         events = SubscriptionEventCallbacks(incompatible_qos=lambda event: self._warn_qos(topic, event))
-        return self.create_subscription(msg_type, topic, on_message, qos, callback_group=self._sensors_group,
+        return self.create_subscription(msg_type, topic, callback, qos, callback_group=self._sensors_group,
                                         event_callbacks=events)
+
+    def _publish_scene(self) -> None:
+        """~/scene_points (patch xyz + view index) and ~/scene_tokens (token centres + patch count)."""
+        scene = self._frontend.scene()
+        header = Header(stamp=Time(sec=scene.newest_stamp_ns // 10**9, nanosec=scene.newest_stamp_ns % 10**9),
+                        frame_id=self._config['fixed_frame'])
+        views = np.broadcast_to(np.arange(scene.num_views, dtype=np.uint16)[:, None], scene.patch_valid.shape)
+        points = np.zeros(int(scene.patch_valid.sum()), dtype=[('x', '<f4'), ('y', '<f4'), ('z', '<f4'),
+                                                              ('view', '<u2')])
+        xyz = scene.patch_xyz[scene.patch_valid]
+        points['x'], points['y'], points['z'], points['view'] = xyz[:, 0], xyz[:, 1], xyz[:, 2], views[scene.patch_valid]
+        centres = scene.tokens.centres.numpy()
+        tokens = np.zeros(scene.num_tokens, dtype=[('x', '<f4'), ('y', '<f4'), ('z', '<f4'), ('count', '<u4')])
+        tokens['x'], tokens['y'], tokens['z'] = centres[:, 0], centres[:, 1], centres[:, 2]
+        tokens['count'] = scene.tokens.counts.numpy()
+        self._scene_points_pub.publish(structured_cloud(header, points))
+        self._scene_tokens_pub.publish(structured_cloud(header, tokens))
 
     def _warn_qos(self, topic: str, event) -> None:
         with self._qos_lock:
@@ -305,11 +362,18 @@ class Adatoken3dNode(LifecycleNode):
             'queue_size': str(self._config.get('queue_size', 0)),
             'queries_answered': str(self._latency.answered),
             'queries_failed': str(self._latency.failed),
-            'views_in_memory': '0',
+            'views_in_memory': str(len(self._frontend.memory)) if self._frontend else '0',
         }
-        for key, meter in self._rates.items():
-            values[f'rate_hz.{key}'] = f'{meter.rate_hz():.2f}'
-            values[f'messages.{key}'] = str(meter.count)
+        sensors = self._sensors
+        if sensors is not None:
+            for key, meter in sensors.rates.items():
+                values[f'rate_hz.{key}'] = f'{meter.rate_hz():.2f}'
+                values[f'messages.{key}'] = str(meter.count)
+            values.update({f'views.{k}': str(v) for k, v in sensors.counters.items()})
+            values.update({f'problems.{k}': str(v) for k, v in sensors.problems.counts.items()})
+            values.update({f'sync_dropped.{k}': str(v) for k, v in sensors.sync.dropped.items()})
+            values['tf_frames'] = ' '.join(sorted(sensors.tf.frames()))
+            values['tf_sync_backend'] = self._tf_sync_backend
         values.update({k: f'{v:.3f}' for k, v in self._latency.summary().items()})
         values.update(device_memory(self._pipeline.engine.device if self._pipeline else None))
         status.level = DiagnosticStatus.OK

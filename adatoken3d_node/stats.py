@@ -66,3 +66,27 @@ class LatencyStats:
                 'latency_p95_ms': float(np.percentile(totals, 95)),
                 'latency_max_ms': float(totals.max()),
                 'deadline_hit_rate': float(hits.mean())}
+
+
+class ProblemLog:
+    """Log each kind of problem at most once per period, counting the rest (no log flood from bad input)."""
+
+    def __init__(self, period_s: float = 10.0):
+        self.period_s = period_s
+        self._last: Dict[str, float] = {}
+        self.counts: Dict[str, int] = collections.Counter()
+        self._suppressed: Dict[str, int] = collections.Counter()
+        self._lock = threading.Lock()
+
+    def report(self, kind: str, now: Optional[float] = None) -> Optional[str]:
+        """Count one occurrence; returns a suffix to log with it when it should be logged, else None."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self.counts[kind] += 1
+            last = self._last.get(kind)
+            if last is not None and now - last < self.period_s:
+                self._suppressed[kind] += 1
+                return None
+            self._last[kind] = now
+            suppressed, self._suppressed[kind] = self._suppressed[kind], 0
+        return f' ({suppressed} more since the last report)' if suppressed else ''

@@ -30,6 +30,7 @@ def test_readme_lists_every_launch_argument_topic_and_interface():
     for row in launch_args.markdown_table().splitlines():
         assert row in readme, f'README is missing the row: {row}'
     for topic in (*names.SENSOR_TOPICS.values(), names.QUERY_SERVICE, names.ASK_ACTION, names.ANSWER_TOPIC,
+                  names.SCENE_POINTS_TOPIC, names.SCENE_TOKENS_TOPIC,
                   names.METRICS_TOPIC, names.DIAGNOSTICS_TOPIC, names.TF_TOPIC, names.TF_STATIC_TOPIC):
         assert f'`{topic}`' in readme, topic
 

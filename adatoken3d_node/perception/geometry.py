@@ -47,10 +47,11 @@ def resize_crop_view(rgb: np.ndarray, depth: np.ndarray, K: np.ndarray,
     top, left = (new_h - size) // 2, (new_w - size) // 2
     sy, sx = new_h / H, new_w / W  # per axis: exactly the ratio the resampling uses
 
-    img = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float()  # (1, 3, H, W)
+    # uint8 in, uint8 out (channels-last): torch's integer resampling path, 3x faster than float and,
+    # like PIL's bicubic that the CLIP processor uses, it rounds and clamps to uint8 between passes.
+    img = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]  # (1, 3, H, W) uint8
     img = F.interpolate(img, size=(new_h, new_w), mode='bicubic', align_corners=False, antialias=True)
-    img = img[0, :, top:top + size, left:left + size].round().clamp(0, 255).to(torch.uint8)
-    rgb_out = img.permute(1, 2, 0).numpy()
+    rgb_out = np.ascontiguousarray(img[0, :, top:top + size, left:left + size].permute(1, 2, 0).numpy())
 
     # Resized pixel u' has its centre at source coordinate (u' + 0.5) / sx - 0.5; take the
     # source pixel that contains it: floor((u' + 0.5) * W / new_w), in exact integer arithmetic.
