@@ -21,6 +21,7 @@ from typing import Dict, Iterable, List, Optional
 import numpy as np
 
 from .datasets import RGBDFrame, load_redwood, load_tum_single
+from .perception.tf_buffer import matrix_to_transform
 
 
 @dataclass(frozen=True)
@@ -40,26 +41,6 @@ class CameraTopics:
 
 
 STORAGE = {'sqlite3': 1, 'mcap': 2}
-
-
-def rotation_to_quaternion(R: np.ndarray) -> np.ndarray:
-    """3x3 rotation -> unit quaternion (x, y, z, w), numerically stable branch per largest diagonal."""
-    m = R
-    trace = m[0, 0] + m[1, 1] + m[2, 2]
-    if trace > 0:
-        s = 2.0 * np.sqrt(trace + 1.0)
-        q = [(m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s, 0.25 * s]
-    elif m[0, 0] > m[1, 1] and m[0, 0] > m[2, 2]:
-        s = 2.0 * np.sqrt(1.0 + m[0, 0] - m[1, 1] - m[2, 2])
-        q = [0.25 * s, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s, (m[2, 1] - m[1, 2]) / s]
-    elif m[1, 1] > m[2, 2]:
-        s = 2.0 * np.sqrt(1.0 + m[1, 1] - m[0, 0] - m[2, 2])
-        q = [(m[0, 1] + m[1, 0]) / s, 0.25 * s, (m[1, 2] + m[2, 1]) / s, (m[0, 2] - m[2, 0]) / s]
-    else:
-        s = 2.0 * np.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1])
-        q = [(m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, 0.25 * s, (m[1, 0] - m[0, 1]) / s]
-    q = np.array(q, dtype=np.float64)
-    return q / np.linalg.norm(q)
 
 
 def _orthonormalise(R: np.ndarray) -> np.ndarray:
@@ -98,8 +79,9 @@ class _Messages:
             binning_x=0, binning_y=0, roi=roi)
 
     def tf(self, pose: np.ndarray, stamp_ns: int, parent: str, child: str):
-        q = rotation_to_quaternion(_orthonormalise(pose[:3, :3]))
-        t = pose[:3, 3]
+        rigid = np.array(pose, dtype=np.float64)
+        rigid[:3, :3] = _orthonormalise(rigid[:3, :3])
+        t, q = matrix_to_transform(rigid)
         transform = self.t['geometry_msgs/msg/Transform'](
             translation=self.t['geometry_msgs/msg/Vector3'](x=float(t[0]), y=float(t[1]), z=float(t[2])),
             rotation=self.t['geometry_msgs/msg/Quaternion'](x=float(q[0]), y=float(q[1]), z=float(q[2]),

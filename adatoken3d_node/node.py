@@ -96,6 +96,7 @@ class Adatoken3dNode(LifecycleNode):
         self._sensors_group = MutuallyExclusiveCallbackGroup()
         self._latency = LatencyStats()
         self._frontend: Optional[SceneFrontEnd] = None
+        self._scene_stats: Dict[str, int] = {}   # of the last scene published
         self._sensors: Optional[SensorPipeline] = None
         self._accepting = False
         self._config: Dict[str, object] = {}
@@ -255,6 +256,9 @@ class Adatoken3dNode(LifecycleNode):
     def _publish_scene(self) -> None:
         """~/scene_points (patch xyz + view index) and ~/scene_tokens (token centres + patch count)."""
         scene = self._frontend.scene()
+        self._scene_stats = {'scene.views': scene.num_views, 'scene.spatial_tokens': scene.num_tokens,
+                             'scene.voxels_before_cap': scene.tokens.num_voxels_before_cap,
+                             'scene.dropped_patches': scene.dropped_patches}
         header = Header(stamp=Time(sec=scene.newest_stamp_ns // 10**9, nanosec=scene.newest_stamp_ns % 10**9),
                         frame_id=self._config['fixed_frame'])
         views = np.broadcast_to(np.arange(scene.num_views, dtype=np.uint16)[:, None], scene.patch_valid.shape)
@@ -374,6 +378,7 @@ class Adatoken3dNode(LifecycleNode):
             values.update({f'sync_dropped.{k}': str(v) for k, v in sensors.sync.dropped.items()})
             values['tf_frames'] = ' '.join(sorted(sensors.tf.frames()))
             values['tf_sync_backend'] = self._tf_sync_backend
+        values.update({k: str(v) for k, v in self._scene_stats.items()})
         values.update({k: f'{v:.3f}' for k, v in self._latency.summary().items()})
         values.update(device_memory(self._pipeline.engine.device if self._pipeline else None))
         status.level = DiagnosticStatus.OK

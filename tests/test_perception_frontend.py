@@ -99,3 +99,14 @@ def test_problem_log_reports_each_kind_once_per_period_and_counts_the_rest():
     assert log.report('bad_message:depth', now=2.0) == ''      # another kind is not masked
     assert log.report('tf', now=10.5) == ' (2 more since the last report)'
     assert log.counts == {'tf': 4, 'bad_message:depth': 1}
+
+
+def test_decide_predicts_offer_without_storing():
+    frontend = SceneFrontEnd(FrontEndConfig(keyframes=KeyframePolicy(min_translation_m=0.2)))
+    memory = frontend.memory
+    assert memory.decide(pose_at(0.0), 1) == 'kept: first view' and len(memory) == 0
+    rgb, depth = frame(0)
+    frontend.add_view(rgb, depth, K, pose_at(0.0), 1)
+    assert memory.decide(pose_at(0.1), 2).startswith('skipped') and len(memory) == 1
+    assert memory.decide(pose_at(0.3), 3) == 'kept: moved 0.30 m'
+    assert frontend.add_view(rgb, depth, K, pose_at(0.3), 3) == 'kept: moved 0.30 m' and len(memory) == 2

@@ -127,7 +127,8 @@ def test_unregistered_depth_is_reprojected_and_missing_tf_skips_views_with_one_l
                                                              ('view', '<u2')])
         assert len(cloud) > 400   # the 5 cm shift leaves a few columns without depth
         np.testing.assert_allclose(cloud['z'], PLANE_Z, atol=1e-4)
-        assert values['views_in_memory'] == '1'
+        assert values['views_in_memory'] == '1' and values['scene.views'] == '1'
+        assert int(values['scene.dropped_patches']) == 576 - len(cloud)   # reported, not placed anywhere
     finally:
         client.close()
         node.stop()

@@ -82,6 +82,9 @@ class SceneFrontEnd:
     def add_view(self, rgb: np.ndarray, depth: np.ndarray, K: np.ndarray, pose: np.ndarray, stamp_ns: int,
                  frame_id: str = '') -> str:
         """Offer one posed RGB-D frame (depth in metres, 0 = none); returns the keyframe decision."""
+        decision = self.memory.decide(pose, stamp_ns)
+        if decision.startswith('skipped'):   # most frames of a 30 Hz camera: no geometry needed
+            return decision
         size, grid = self.config.image_size, self.config.patch_grid
         rgb_s, depth_s, K_s = resize_crop_view(rgb, depth, K, size)       # (S,S,3), (S,S), (3,3)
         if self.config.patch_xyz == 'nearest':

@@ -105,29 +105,39 @@ class KeyframeMemory:
         self._views = []      # kept views, oldest first (stamps never decrease: older offers are skipped)
         self._offered = self._kept = self._evicted = 0
 
+    def decide(self, pose: np.ndarray, stamp_ns: int) -> str:
+        """What offer() would answer for a view with this pose and stamp, storing nothing: lets the
+        front end skip the per-view geometry of views that would not be kept."""
+        with self._lock:
+            return self._decision(np.asarray(pose, dtype=np.float64), stamp_ns)
+
+    def _decision(self, pose: np.ndarray, stamp_ns: int) -> str:
+        p = self.policy
+        if not self._views:
+            return 'kept: first view'
+        last = self._views[-1]
+        if stamp_ns < last.stamp_ns:
+            return (f'skipped: {(last.stamp_ns - stamp_ns) * 1e-9:.1f} s older than the last '
+                    'kept view (time went backwards? clear() the memory)')
+        moved = float(np.linalg.norm(pose[:3, 3] - last.pose[:3, 3]))
+        turned = rotation_angle_deg(last.pose[:3, :3], pose[:3, :3])
+        waited = (stamp_ns - last.stamp_ns) * 1e-9
+        if moved >= p.min_translation_m:
+            return f'kept: moved {moved:.2f} m'
+        if turned >= p.min_rotation_deg:
+            return f'kept: turned {turned:.1f} deg'
+        if waited >= p.max_interval_s:
+            return f'kept: {waited:.1f} s since last'
+        return f'skipped: moved {moved:.2f} m, turned {turned:.1f} deg, {waited:.1f} s since last'
+
     def offer(self, view: View) -> str:
         """Keep or skip `view`, compared with the most recently kept view; returns the reason."""
         p = self.policy
         with self._lock:
             self._offered += 1
-            if not self._views:
-                reason = 'kept: first view'
-            else:
-                last = self._views[-1]
-                if view.stamp_ns < last.stamp_ns:
-                    return (f'skipped: {(last.stamp_ns - view.stamp_ns) * 1e-9:.1f} s older than the last '
-                            'kept view (time went backwards? clear() the memory)')
-                moved = float(np.linalg.norm(view.pose[:3, 3] - last.pose[:3, 3]))
-                turned = rotation_angle_deg(last.pose[:3, :3], view.pose[:3, :3])
-                waited = (view.stamp_ns - last.stamp_ns) * 1e-9
-                if moved >= p.min_translation_m:
-                    reason = f'kept: moved {moved:.2f} m'
-                elif turned >= p.min_rotation_deg:
-                    reason = f'kept: turned {turned:.1f} deg'
-                elif waited >= p.max_interval_s:
-                    reason = f'kept: {waited:.1f} s since last'
-                else:
-                    return f'skipped: moved {moved:.2f} m, turned {turned:.1f} deg, {waited:.1f} s since last'
+            reason = self._decision(view.pose, view.stamp_ns)
+            if reason.startswith('skipped'):
+                return reason
             self._views.append(dataclasses.replace(
                 view, rgb=_frozen(view.rgb), depth=_frozen(view.depth), K=_frozen(view.K.copy()),
                 pose=_frozen(view.pose.copy()),
