@@ -24,6 +24,21 @@ the last position only, 2*d*V: prefill needs just the logits of the next token.
 
 Ignored (elementwise, O(n*d) or O(n*n*H), negligible next to the matmuls): RMSNorms, rotary
 embedding, softmax, SiLU and the gating product, residual adds, the embedding lookup.
+
+Gated prefill (gating.py). A pruning layer l takes n_in tokens and runs on n_out <= n_in survivors.
+Its k projection runs on all n_in tokens (the score needs every key, and the survivors' keys are then
+reused for the layer's own attention); q, v, o, attention and MLP run on the n_out survivors only:
+
+    layer(n_out, n_k=n_in) = 2*n_out*d*(H*hd)*2 + 2*(n_out + n_k)*d*(Hkv*hd) + 4*n_out^2*(H*hd) + 6*n_out*d*m
+
+The score itself (r = score_queries rows, usually 1) is counted separately, only where a score ran
+(not for the random baseline nor a forced replay, whose layers project k for the survivors only):
+
+    scoring(r, n_in) = 2*r*d*(H*hd)      q projection of the last r rows (again later, for the survivors)
+                     + 2*r*n_in*(H*hd)   r rows x n_in keys dot products, every query head
+
+    prefill = sum_l layer(n_out_l, n_k_l) + sum_cuts scoring + 2*d*V
+    dense   = prefill_flops(shape, [T] * num_layers)      (no cut: n_out = n_k = T, no scoring)
 """
 
 from dataclasses import dataclass
@@ -54,26 +69,49 @@ class LlamaShape:
         )
 
 
-def layer_prefill_flops(shape: LlamaShape, n_tokens: int) -> float:
-    """FLOPs of one decoder layer over n new tokens attending to the same n tokens (no past)."""
-    if n_tokens < 0:
-        raise ValueError(f"n_tokens must be >= 0, got {n_tokens}")
+def layer_prefill_flops(shape: LlamaShape, n_tokens: int, n_keys_projected: int | None = None) -> float:
+    """FLOPs of one decoder layer over n new tokens attending to the same n tokens (no past).
+
+    n_keys_projected: tokens whose k projection ran, when that is more than n_tokens (a pruning layer
+    projects k before it drops tokens); defaults to n_tokens.
+    """
+    n_k = n_tokens if n_keys_projected is None else n_keys_projected
+    if n_tokens < 0 or n_k < n_tokens:
+        raise ValueError(f"need 0 <= n_tokens <= n_keys_projected, got {n_tokens} and {n_k}")
     n, d, m = n_tokens, shape.hidden, shape.intermediate
     q_dim = shape.num_heads * shape.head_dim
     kv_dim = shape.num_kv_heads * shape.head_dim
-    proj = 2 * n * d * q_dim * 2 + 2 * n * d * kv_dim * 2  # q, o and k, v
+    proj = 2 * n * d * q_dim * 2 + 2 * (n + n_k) * d * kv_dim  # q, o on n; v on n, k on n_k
     attn = 2 * (2 * n * n * q_dim)  # scores q@k^T and weighted sum a@v, full n x n
     mlp = 3 * (2 * n * d * m)  # gate, up, down
     return float(proj + attn + mlp)
 
 
-def prefill_flops(shape: LlamaShape, tokens_per_layer: list[int]) -> float:
-    """Prefill FLOPs when tokens_per_layer[i] tokens enter layer i, plus the last-position lm_head."""
+def scoring_flops(shape: LlamaShape, rows: int, n_keys: int) -> float:
+    """One pruning score: q projection of the last `rows` tokens + their dot products with n_keys keys."""
+    q_dim = shape.num_heads * shape.head_dim
+    return float(2 * rows * shape.hidden * q_dim + 2 * rows * n_keys * q_dim)
+
+
+def prefill_flops(
+    shape: LlamaShape,
+    tokens_per_layer: list[int],
+    keys_per_layer: list[int] | None = None,
+    scoring: float = 0.0,
+) -> float:
+    """Prefill FLOPs when tokens_per_layer[i] tokens run layer i, plus the last-position lm_head.
+
+    keys_per_layer[i]: tokens whose k projection ran in layer i (default: tokens_per_layer);
+    scoring: FLOPs of the pruning scores (sum of scoring_flops), added as is.
+    """
     if len(tokens_per_layer) != shape.num_layers:
         raise ValueError(f"tokens_per_layer has {len(tokens_per_layer)} entries, model has {shape.num_layers} layers")
-    layers = sum(layer_prefill_flops(shape, n) for n in tokens_per_layer)
+    keys = tokens_per_layer if keys_per_layer is None else keys_per_layer
+    if len(keys) != shape.num_layers:
+        raise ValueError(f"keys_per_layer has {len(keys)} entries, model has {shape.num_layers} layers")
+    layers = sum(layer_prefill_flops(shape, n, n_k) for n, n_k in zip(tokens_per_layer, keys))
     lm_head = 2 * shape.hidden * shape.vocab
-    return float(layers + lm_head)
+    return float(layers + lm_head + scoring)
 
 
 def dense_prefill_flops(shape: LlamaShape, n_tokens: int) -> float:

@@ -1,0 +1,522 @@
+"""Gated prefill: a LLaMA forward pass that drops spatial tokens between layers, and its decode loop.
+
+AdaToken-3D / PyramidDrop / FastV prune the spatial (3D patch) tokens of a LLaVA-3D prompt inside the
+language model's prefill: layer l sees fewer tokens than layer l-1, and its KV cache keeps only the
+tokens that ran in it. transformers' forward runs every layer on the same sequence, so this file is
+its own explicit loop (nanoGPT style) over the modules and weights of a `LlamaForCausalLM`.
+Attention runs in torch's fused scaled_dot_product_attention; no full attention matrix is ever built.
+
+Policies (`parse_gating(text, num_layers)`; `str(policy)` gives the canonical text back):
+
+    none                              dense
+    schedule:8:0.5,16:0.25,24:0.125   at the input of layer Li keep ceil(ri * N0) spatial tokens, N0 = the
+                                      ORIGINAL spatial count (layers increasing, ratios non-increasing)
+    random:8:0.5,16:0.25              same counts, chosen uniformly at random (prefill's `seed`)
+    fastv:2:0.5                       one cut at the input of layer K keeping ceil(r * N0)
+    mass:0.9                          at layers L//4, L//2, 3L//4 keep the smallest set of the surviving
+    mass:0.9@8,16,24[min=0.05,max=1.0]  spatial tokens holding >= p of their score mass, clamped to
+                                      [ceil(min * N0), ceil(max * N0)] (defaults 0.05 and 1.0)
+
+ceil(r * N0) is taken after rounding r * N0 to 6 decimals, so 0.1 * 30 keeps 3 tokens, not 4.
+
+Score at a pruning layer l, n tokens entering it with hidden states x [n, d] and positions p [n]:
+    h = input_layernorm_l(x);  K = rope(k_proj_l(h), p)          [Hkv, n, hd]  (all n keys)
+    Q = rope(q_proj_l(h[-r:]), p[-r:])                           [H, r, hd]    r = score_queries (1)
+    A = softmax(Q K^T / sqrt(hd)) in float32, causal (row j sees keys <= n-r+j); query head i uses
+        kv head i // (H / Hkv), as transformers' repeat_kv
+    score = A averaged over heads and rows                       [n]
+Text and location tokens (spatial_mask False) are always kept; among the spatial columns the top-k
+(k from the policy) survive, in original order. This is the released AdaToken-3D / PyramidDrop rule
+(last prompt token, the pruning layer's own norm, q/k and rotary), computed inside layer l: the k
+projection of layer l is done once for all n tokens, the score uses it, then layer l's attention
+and MLP run on the survivors only, with the survivors' rows of that k (q, v projected for the
+survivors). FLOPs: see flops.py, "Gated prefill".
+
+Positions. Default (FastV): a token keeps its original rotary position (its prompt index) in every
+layer. renumber_positions=True (PyramidDrop): at each cut the survivors are renumbered 0..n_l-1.
+Decoding, one rule for both: in each layer the t-th generated token (t = 0, 1, ...) has position
+(last prompt position in that layer's cache) + 1 + t, i.e. T + t when positions are kept and
+n_l + t when renumbered (n_l prompt tokens in layer l). The last prompt token must be text (it is the
+scoring query), so it is never pruned and the new token always sits right after it. A gated prefill
+over prompt + generated tokens, replaying the same cuts (forced_keep), computes the same numbers.
+"""
+
+import math
+import re
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+from .flops import LlamaShape, prefill_flops, scoring_flops
+
+KINDS = ("none", "schedule", "mass", "fastv", "random")
+SYNTAX = (
+    "none | schedule:L:r,L:r,... | random:L:r,L:r,... | fastv:K:r | mass:p[@L,L,...][[min=a,max=b]]"
+)
+
+
+# ---- policies -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GatingPolicy:
+    kind: str = "none"  # one of KINDS
+    layers: tuple[int, ...] = ()  # pruning layers: a cut happens at the input of each
+    ratios: tuple[float, ...] = ()  # schedule / random / fastv: keep ratio of the ORIGINAL spatial count
+    mass: float = 0.0  # mass: score mass p to keep
+    min_keep: float = 0.05  # mass: bounds, as ratios of the original spatial count
+    max_keep: float = 1.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
+        object.__setattr__(self, "ratios", tuple(float(x) for x in self.ratios))
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown gating kind {self.kind!r}; expected {SYNTAX}")
+        if self.kind == "none" and self.layers:
+            raise ValueError("'none' has no pruning layers")
+        if self.kind != "none" and not self.layers:
+            raise ValueError(f"{self.kind} needs at least one pruning layer")
+        if any(b <= a for a, b in zip(self.layers, self.layers[1:])):
+            raise ValueError(f"pruning layers must be strictly increasing, got {list(self.layers)}")
+        if self.kind in ("schedule", "random", "fastv"):
+            if len(self.ratios) != len(self.layers):
+                raise ValueError(f"{len(self.layers)} layers but {len(self.ratios)} ratios")
+            if self.kind == "fastv" and len(self.layers) != 1:
+                raise ValueError("fastv prunes once: fastv:K:keep_ratio")
+            for layer, r in zip(self.layers, self.ratios):
+                if not 0.0 < r <= 1.0:
+                    raise ValueError(f"keep ratio {r} at layer {layer} must be in (0, 1]")
+            for (l1, r1), (l2, r2) in zip(zip(self.layers, self.ratios), zip(self.layers[1:], self.ratios[1:])):
+                if r2 > r1:
+                    raise ValueError(
+                        f"keep ratios must be non-increasing (a cut keeps a subset of the previous one), "
+                        f"got {r1} at layer {l1} then {r2} at layer {l2}"
+                    )
+        elif self.ratios:
+            raise ValueError(f"{self.kind} takes no keep ratios")
+        if self.kind == "mass":
+            if not 0.0 < self.mass <= 1.0:
+                raise ValueError(f"score mass p={self.mass} must be in (0, 1]")
+            if not 0.0 <= self.min_keep <= self.max_keep <= 1.0 or self.max_keep == 0.0:
+                raise ValueError(f"need 0 <= min <= max <= 1 and max > 0, got min={self.min_keep} max={self.max_keep}")
+
+    def check_layers(self, num_layers: int) -> None:
+        """ValueError unless every pruning layer is in 1..num_layers-1 (layer 0 would prune the input)."""
+        for layer in self.layers:
+            if not 0 < layer < num_layers:
+                raise ValueError(
+                    f"pruning layer {layer} is out of range: must be in 1..{num_layers - 1} "
+                    f"for a {num_layers}-layer model"
+                )
+
+    def __str__(self) -> str:
+        if self.kind == "none":
+            return "none"
+        if self.kind == "mass":
+            at = ",".join(map(str, self.layers))
+            return f"mass:{self.mass!r}@{at}[min={self.min_keep!r},max={self.max_keep!r}]"
+        return f"{self.kind}:" + ",".join(f"{layer}:{r!r}" for layer, r in zip(self.layers, self.ratios))
+
+
+def parse_gating(text: str, num_layers: int) -> GatingPolicy:
+    """Policy text (see the module docstring) -> GatingPolicy checked for a num_layers model, or ValueError."""
+    try:
+        policy = _parse(text.strip(), num_layers)
+        policy.check_layers(num_layers)
+        return policy
+    except ValueError as e:
+        raise ValueError(f"bad gating {text!r}: {e}") from None
+
+
+def _parse(text: str, num_layers: int) -> GatingPolicy:
+    kind, _, rest = text.partition(":")
+    if kind == "none":
+        if rest:
+            raise ValueError("'none' takes no arguments")
+        return GatingPolicy()
+    if kind in ("schedule", "random"):
+        pairs = [item.split(":") for item in rest.split(",")] if rest else []
+        if not pairs or any(len(p) != 2 for p in pairs):
+            raise ValueError(f"expected {kind}:L1:r1,L2:r2,...")
+        return GatingPolicy(kind, [_int(p[0]) for p in pairs], [_float(p[1]) for p in pairs])
+    if kind == "fastv":
+        parts = rest.split(":")
+        if len(parts) != 2:
+            raise ValueError("expected fastv:K:keep_ratio, e.g. fastv:2:0.5")
+        return GatingPolicy("fastv", [_int(parts[0])], [_float(parts[1])])
+    if kind == "mass":
+        m = re.fullmatch(r"([^@\[\]]+)(?:@([^\[\]]+))?(?:\[([^\[\]]*)\])?", rest)
+        if m is None:
+            raise ValueError("expected mass:p, mass:p@L1,L2,... and/or a [min=a,max=b] suffix")
+        p, at, bounds = m.groups()
+        if at is not None:
+            layers = [_int(x) for x in at.split(",")]
+        else:  # a quarter, half and three quarters of the way through the model
+            layers = sorted({layer for layer in (num_layers // 4, num_layers // 2, 3 * num_layers // 4) if layer > 0})
+        opts = {}
+        for item in bounds.split(",") if bounds else []:
+            key, eq, value = item.partition("=")
+            if key.strip() not in ("min", "max") or not eq or key.strip() in opts:
+                raise ValueError(f"bad bound {item!r}; expected [min=a,max=b]")
+            opts[key.strip()] = _float(value)
+        return GatingPolicy("mass", layers, (), _float(p), opts.get("min", 0.05), opts.get("max", 1.0))
+    raise ValueError(f"unknown gating kind {kind!r}; expected {SYNTAX}")
+
+
+def _int(s: str) -> int:
+    try:
+        return int(s)
+    except ValueError:
+        raise ValueError(f"{s!r} is not a layer index") from None
+
+
+def _float(s: str) -> float:
+    try:
+        x = float(s)
+    except ValueError:
+        raise ValueError(f"{s!r} is not a number") from None
+    if not math.isfinite(x):
+        raise ValueError(f"{s!r} is not a finite number")
+    return x
+
+
+def ratio_count(ratio: float, n: int) -> int:
+    """ceil(ratio * n), rounded to 6 decimals first so float noise (0.1 * 30 = 3.0000000000000004) adds no token."""
+    return math.ceil(round(ratio * n, 6))
+
+
+def mass_count(scores: torch.Tensor, p: float) -> int:
+    """Size of the smallest set of scores [n] (>= 0) whose sum is at least p of their total."""
+    if scores.numel() == 0:
+        return 0
+    c = scores.float().sort(descending=True).values.cumsum(0)  # [n]
+    # first prefix reaching p * total; the total is the same cumsum's last entry, so p = 1 ends there
+    return min(int(torch.searchsorted(c, (p * c[-1]).reshape(1)).item()) + 1, scores.numel())
+
+
+def keep_count(policy: GatingPolicy, layer: int, n_original: int, n_current: int,
+               spatial_scores: torch.Tensor | None = None) -> int:
+    """Spatial tokens to keep at pruning layer `layer`, n_current of them alive (never more than that).
+
+    spatial_scores [n_current]: the alive spatial tokens' scores, needed by mass only.
+    """
+    if policy.kind == "mass":
+        k = mass_count(spatial_scores, policy.mass)
+        k = min(max(k, ratio_count(policy.min_keep, n_original)), ratio_count(policy.max_keep, n_original))
+    else:
+        k = ratio_count(policy.ratios[policy.layers.index(layer)], n_original)
+    return min(k, n_current)
+
+
+# ---- KV cache -------------------------------------------------------------------------------
+
+
+class LayerCache:
+    """One layer's keys and values: the prompt tokens that ran in this layer, then the decoded tokens.
+
+    Stored in a buffer with room for `reserve` decoded tokens (it grows by doubling past that), so a
+    decode step writes one slot instead of copying the whole cache.
+    """
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, tokens: torch.Tensor, positions: torch.Tensor,
+                 next_position: int, reserve: int = 0):
+        b, hkv, n, hd = k.shape  # [1, Hkv, n, hd], rotary already applied to k
+        self._k = k.new_empty(b, hkv, n + reserve, hd)
+        self._v = v.new_empty(b, hkv, n + reserve, hd)
+        self._k[:, :, :n] = k
+        self._v[:, :, :n] = v
+        self.n = n  # valid entries
+        self.tokens = tokens  # [n_prompt] original prompt index of each cached prompt token
+        self.positions = positions  # [n_prompt] their rotary positions
+        self.next_position = next_position  # rotary position of the next appended token
+
+    @property
+    def k(self) -> torch.Tensor:
+        return self._k[:, :, : self.n]  # [1, Hkv, n, hd]
+
+    @property
+    def v(self) -> torch.Tensor:
+        return self._v[:, :, : self.n]
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add one token's k, v [1, Hkv, 1, hd]; return the whole cache [1, Hkv, n+1, hd]."""
+        if self.n == self._k.shape[2]:
+            grow = max(self.n, 16)
+            self._k = torch.cat([self._k, self._k.new_empty(*self._k.shape[:2], grow, self._k.shape[3])], dim=2)
+            self._v = torch.cat([self._v, self._v.new_empty(*self._v.shape[:2], grow, self._v.shape[3])], dim=2)
+        self._k[:, :, self.n : self.n + 1] = k
+        self._v[:, :, self.n : self.n + 1] = v
+        self.n += 1
+        self.next_position += 1
+        return self.k, self.v
+
+
+# ---- the gated model ------------------------------------------------------------------------
+
+
+@dataclass
+class PrefillResult:
+    logits: torch.Tensor  # [1, V] of the last prompt position
+    caches: list[LayerCache]  # one per layer, holding that layer's surviving tokens
+    tokens_per_layer: list[int]  # tokens whose attention and MLP ran in layer i
+    spatial_per_layer: list[int]  # spatial tokens among them
+    keys_per_layer: list[int]  # tokens whose k projection ran in layer i (> tokens at a scored cut)
+    kept_spatial: torch.Tensor  # [k] original indices of the spatial tokens surviving the last cut
+    keep_trace: dict[int, torch.Tensor]  # pruning layer -> original indices of the spatial tokens kept there
+    scores: dict[int, torch.Tensor]  # scored layer -> [T] float32 score of each prompt token, NaN if already pruned
+    prefill_flops: float  # as run, scoring included
+    prefill_flops_dense: float  # same inputs, nothing pruned
+    scoring_flops: float
+    scoring_ms: float  # scoring and selection (top-k / random draw / replay lookup)
+    prefill_ms: float
+    policy: str  # str(policy), plus the seed for random and "replayed" for a forced_keep run
+
+
+class GatedLlama:
+    """Prefill with per-layer token pruning and greedy decoding over the weights of a LlamaForCausalLM."""
+
+    def __init__(self, model):
+        self.model = model
+        cfg = model.config
+        self.shape = LlamaShape.from_config(cfg)
+        self.layers = model.model.layers[: cfg.num_hidden_layers]
+        self.rotary = model.model.rotary_emb
+        self.H, self.Hkv, self.hd = self.shape.num_heads, self.shape.num_kv_heads, self.shape.head_dim
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.lm_head.weight.dtype
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # kernels are async; time what actually ran
+        return time.perf_counter()
+
+    # ---- prefill -----------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def prefill(
+        self,
+        inputs_embeds: torch.Tensor,
+        spatial_mask: torch.Tensor,
+        policy: GatingPolicy,
+        *,
+        renumber_positions: bool = False,
+        score_queries: int = 1,
+        seed: int = 0,
+        forced_keep: dict[int, torch.Tensor] | None = None,
+        reserve: int = 0,
+    ) -> PrefillResult:
+        """inputs_embeds [1, T, d], spatial_mask [T] bool (True = prunable spatial token) -> PrefillResult.
+
+        forced_keep: {layer: original indices of the spatial tokens to keep} (a keep_trace) replaces the
+        policy's cuts and scoring. reserve: decode slots to preallocate in each layer's cache.
+        """
+        t_start = self._now()
+        L, H, Hkv, hd = self.shape.num_layers, self.H, self.Hkv, self.hd
+        if inputs_embeds.dim() != 3 or inputs_embeds.shape[0] != 1 or inputs_embeds.shape[2] != self.shape.hidden:
+            raise ValueError(f"inputs_embeds must be [1, T, {self.shape.hidden}], got {list(inputs_embeds.shape)}")
+        T = inputs_embeds.shape[1]
+        if spatial_mask.shape != (T,) or spatial_mask.dtype != torch.bool:
+            raise ValueError(
+                f"spatial_mask must be a bool tensor of shape [{T}], got {spatial_mask.dtype} {list(spatial_mask.shape)}"
+            )
+        if not 1 <= score_queries <= T:
+            raise ValueError(f"score_queries must be in 1..{T}, got {score_queries}")
+        policy.check_layers(L)
+        for layer in forced_keep or ():
+            if not 0 < layer < L:
+                raise ValueError(f"forced_keep layer {layer} is out of range: must be in 1..{L - 1}")
+        dev = self.device
+
+        x = inputs_embeds.to(dev, self.dtype)  # [1, n, d], n = tokens alive (T before any cut)
+        spatial = spatial_mask.to(dev)  # [n]
+        if bool(spatial[-1]):
+            raise ValueError("the last prompt token must be text: it is the scoring query and the decode anchor")
+        tokens = torch.arange(T, device=dev)  # [n] original index of each alive token
+        pos = tokens  # [n] rotary positions
+        last_pos = T - 1  # python copy of pos[-1] (the last token is text, never pruned): no device sync
+        n_spatial0 = int(spatial.sum())
+        n_spatial = n_spatial0
+        cuts = set(forced_keep) if forced_keep is not None else set(policy.layers)
+        gen = torch.Generator().manual_seed(seed) if policy.kind == "random" else None
+
+        caches, tokens_per_layer, spatial_per_layer, keys_per_layer = [], [], [], []
+        keep_trace, scores = {}, {}
+        scoring, scoring_ms = 0.0, 0.0
+        for i, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            h = layer.input_layernorm(x)  # [1, n, d]
+            n_in, k = x.shape[1], None
+            if i in cuts and n_spatial > 0:
+                t0 = self._now()
+                sp = spatial.nonzero()[:, 0]  # [n_spatial] alive indices of the spatial tokens
+                if forced_keep is not None:
+                    chosen = self._replay(forced_keep[i], tokens, spatial)
+                elif policy.kind == "random":
+                    k_keep = keep_count(policy, i, n_spatial0, n_spatial)
+                    chosen = sp[torch.randperm(n_spatial, generator=gen)[:k_keep].to(dev)]
+                else:
+                    k = attn.k_proj(h)  # [1, n_in, Hkv*hd]: every key, the score needs them all
+                    s = self._score(attn, h, k, pos, score_queries)  # [n_in] float32
+                    scores[i] = torch.full((T,), float("nan"), device=dev).index_copy_(0, tokens, s)
+                    scoring += scoring_flops(self.shape, score_queries, n_in)
+                    k_keep = keep_count(policy, i, n_spatial0, n_spatial, s[sp])
+                    chosen = sp[s[sp].topk(k_keep).indices]
+                keep = ~spatial  # text and location tokens always stay
+                keep[chosen] = True
+                keep = keep.nonzero()[:, 0]  # [n_out] alive indices, in original order
+                x, h, tokens, spatial, pos = x[:, keep], h[:, keep], tokens[keep], spatial[keep], pos[keep]
+                if k is not None:
+                    k = k[:, keep]
+                n_spatial = chosen.numel()
+                keep_trace[i] = tokens[spatial]
+                if renumber_positions:
+                    pos = torch.arange(keep.numel(), device=dev)
+                    last_pos = keep.numel() - 1
+                scoring_ms += (self._now() - t0) * 1e3
+
+            n = x.shape[1]
+            keys_per_layer.append(n_in if k is not None else n)
+            if k is None:
+                k = attn.k_proj(h)
+            q = attn.q_proj(h).view(1, n, H, hd).transpose(1, 2)  # [1, H, n, hd]
+            k = k.view(1, n, Hkv, hd).transpose(1, 2)  # [1, Hkv, n, hd]
+            v = attn.v_proj(h).view(1, n, Hkv, hd).transpose(1, 2)  # [1, Hkv, n, hd]
+            cos, sin = self.rotary(x, pos[None])  # [1, n, hd]
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            # causal over the survivors in original order, which is also their position order
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True, scale=attn.scaling)
+            x = x + attn.o_proj(a.transpose(1, 2).reshape(1, n, H * hd))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+            caches.append(LayerCache(k, v, tokens, pos, last_pos + 1, reserve))
+            tokens_per_layer.append(n)
+            spatial_per_layer.append(n_spatial)
+
+        logits = self.model.lm_head(self.model.model.norm(x[:, -1:]))[:, -1]  # [1, V], last position only
+        prefill_ms = (self._now() - t_start) * 1e3
+        description = str(policy)
+        if forced_keep is not None:
+            description += " replayed"
+        elif policy.kind == "random":
+            description += f" seed={seed}"
+        return PrefillResult(
+            logits=logits,
+            caches=caches,
+            tokens_per_layer=tokens_per_layer,
+            spatial_per_layer=spatial_per_layer,
+            keys_per_layer=keys_per_layer,
+            kept_spatial=tokens[spatial],
+            keep_trace=keep_trace,
+            scores=scores,
+            prefill_flops=prefill_flops(self.shape, tokens_per_layer, keys_per_layer, scoring),
+            prefill_flops_dense=prefill_flops(self.shape, [T] * L),
+            scoring_flops=scoring,
+            scoring_ms=scoring_ms,
+            prefill_ms=prefill_ms,
+            policy=description,
+        )
+
+    def _score(self, attn, h: torch.Tensor, k: torch.Tensor, pos: torch.Tensor, rows: int) -> torch.Tensor:
+        """Attention of the last `rows` tokens to all n keys, averaged over heads and rows: [n] float32.
+
+        h [1, n, d] normed hidden states, k [1, n, Hkv*hd] their k projection (before rotary), pos [n].
+        Only `rows` query rows are computed, never the n x n matrix.
+        """
+        H, Hkv, hd = self.H, self.Hkv, self.hd
+        n, G = h.shape[1], H // Hkv
+        q = attn.q_proj(h[:, -rows:]).view(1, rows, H, hd).transpose(1, 2)  # [1, H, r, hd]
+        kk = k.view(1, n, Hkv, hd).transpose(1, 2)  # [1, Hkv, n, hd]
+        cos, sin = self.rotary(h, pos[None])  # [1, n, hd]
+        # apply_rotary_pos_emb rotates a pair of same-length tensors; q and k differ in length here
+        q = apply_rotary_pos_emb(q, q, cos[:, -rows:], sin[:, -rows:])[0]
+        kk = apply_rotary_pos_emb(kk, kk, cos, sin)[0]
+        # group query heads by their kv head (head i uses kv head i // G): no repeated keys needed
+        s = q.float().reshape(Hkv, G * rows, hd) @ kk[0].float().transpose(1, 2)  # [Hkv, G*r, n]
+        s = s.view(Hkv, G, rows, n) * attn.scaling
+        row_at = torch.arange(n - rows, n, device=h.device)  # each row's own index
+        s = s.masked_fill(torch.arange(n, device=h.device) > row_at[:, None], float("-inf"))  # causal
+        return s.softmax(dim=-1).mean(dim=(0, 1, 2))  # [n]
+
+    @staticmethod
+    def _replay(kept: torch.Tensor, tokens: torch.Tensor, spatial: torch.Tensor) -> torch.Tensor:
+        """Original indices of spatial tokens to keep -> their alive indices; ValueError if one is not alive."""
+        kept = kept.to(tokens.device)
+        idx = torch.searchsorted(tokens, kept).clamp(max=tokens.numel() - 1)  # tokens is sorted
+        if not bool((tokens[idx] == kept).all() & spatial[idx].all()):
+            raise ValueError("forced_keep names tokens that are not alive spatial tokens at that layer")
+        return idx
+
+    # ---- decoding ----------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def decode_step(self, token: torch.Tensor, caches: list[LayerCache]) -> torch.Tensor:
+        """token ids [1, 1] (or embeddings [1, 1, d]) -> logits [1, V]; appends to every layer's cache.
+
+        In layer l the token's rotary position is caches[l].next_position (see the module docstring).
+        """
+        H, Hkv, hd = self.H, self.Hkv, self.hd
+        if token.dtype in (torch.long, torch.int):
+            x = self.model.model.embed_tokens(token.to(self.device))  # [1, 1, d]
+        else:
+            x = token.to(self.device, self.dtype)
+        pos = torch.tensor([[c.next_position for c in caches]], device=self.device)  # [1, L]
+        cos, sin = self.rotary(x, pos)  # [1, L, hd]: one rotary call for all layers
+        for i, (layer, cache) in enumerate(zip(self.layers, caches)):
+            attn = layer.self_attn
+            h = layer.input_layernorm(x)
+            q = attn.q_proj(h).view(1, 1, H, hd).transpose(1, 2)  # [1, H, 1, hd]
+            k = attn.k_proj(h).view(1, 1, Hkv, hd).transpose(1, 2)  # [1, Hkv, 1, hd]
+            v = attn.v_proj(h).view(1, 1, Hkv, hd).transpose(1, 2)
+            q, k = apply_rotary_pos_emb(q, k, cos[:, i : i + 1], sin[:, i : i + 1])
+            k, v = cache.append(k, v)  # [1, Hkv, n+1, hd]
+            # no mask: the single new query may see everything in its layer's cache
+            a = F.scaled_dot_product_attention(q, k, v, enable_gqa=True, scale=attn.scaling)  # [1, H, 1, hd]
+            x = x + attn.o_proj(a.transpose(1, 2).reshape(1, 1, H * hd))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        return self.model.lm_head(self.model.model.norm(x))[:, -1]  # [1, V]
+
+    def generate(
+        self,
+        inputs_embeds: torch.Tensor,
+        spatial_mask: torch.Tensor,
+        policy: GatingPolicy,
+        max_new_tokens: int,
+        eos_token_ids=(),
+        on_token=None,
+        should_stop=None,
+        **prefill_kwargs,
+    ) -> tuple[list[int], PrefillResult, float]:
+        """Greedy: gated prefill, then decode steps -> (generated ids, PrefillResult, decode_ms).
+
+        on_token(ids) is called after each generated token with the ids so far (EOS included; do not
+        modify the list). should_stop() is checked before each decode step. The stop reason follows from
+        the ids: last id in eos_token_ids -> eos; max_new_tokens ids -> limit; otherwise cancelled.
+        decode_ms is the model time of the decode steps only (callbacks excluded).
+        """
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        eos = frozenset(eos_token_ids)
+        pre = self.prefill(inputs_embeds, spatial_mask, policy, reserve=max_new_tokens, **prefill_kwargs)
+        token = pre.logits.argmax(dim=-1, keepdim=True)  # [1, 1]
+        ids = [int(token)]
+        decode_ms = 0.0
+        while True:
+            if on_token is not None:
+                on_token(ids)
+            if ids[-1] in eos or len(ids) >= max_new_tokens:
+                break
+            if should_stop is not None and should_stop():
+                break
+            t0 = self._now()
+            token = self.decode_step(token, pre.caches).argmax(dim=-1, keepdim=True)  # [1, 1]
+            ids.append(int(token))  # int() waits for the device
+            decode_ms += (self._now() - t0) * 1e3
+        return ids, pre, decode_ms

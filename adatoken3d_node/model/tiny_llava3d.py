@@ -1,0 +1,250 @@
+"""A tiny, random-weight, *untrained* LLaVA-3D checkpoint plus its tiny CLIP, in the released on-disk layout.
+
+Same architecture as LLaVA-3D-7B, only small, so the loader, the model and the node run end to end
+without downloading anything. The files are what the released checkpoint has:
+
+    OUT_DIR/   config.json (model_type llava_llama, mm_* keys; mm_vision_tower = CLIP_DIR, absolute)
+               model-00001-of-00002.safetensors, model-00002-of-00002.safetensors (bf16, released names)
+               model.safetensors.index.json, tokenizer files, generation_config.json,
+               adatoken3d_tiny.json (trained: false)
+    CLIP_DIR/  config.json (CLIPVisionConfig: 112 px, 14 px patches -> 8 x 8 = 64 patches, width 32),
+               model.safetensors (vision_model.* names, like openai/clip-vit-large-patch14-336),
+               preprocessor_config.json (CLIP mean/std, crop 112), adatoken3d_tiny.json
+
+    adatoken3d-make-tiny-llava3d [OUT_DIR] [--clip-dir D] [--seed N] [--force]
+
+Same seed => byte-identical files (config.json differs only by where CLIP_DIR is). Its answers are noise.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import shutil
+import sys
+
+from .tiny import MARKER, _make_tokenizer_files_portable, build_tokenizer, default_tiny_dir
+
+SHARDS = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")
+INDEX = "model.safetensors.index.json"
+TINY_CLIP = dict(
+    image_size=112, patch_size=14, hidden_size=32, intermediate_size=128,  # 8 x 8 patches of width 32
+    num_hidden_layers=2, num_attention_heads=2, projection_dim=32,
+)
+TINY_LLAMA = dict(hidden_size=64, intermediate_size=176, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=4096)
+CLIP_MEAN_STD = dict(image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711])
+
+
+def _json(path: pathlib.Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def _marker(kind: str, seed: int, **extra) -> dict:
+    return {"kind": kind, "seed": seed, "trained": False, **extra,
+            "note": "Random weights, never trained: answers are meaningless. For tests and plumbing only; "
+                    "made by adatoken3d_node.model.tiny_llava3d."}
+
+
+def _read_marker(path: pathlib.Path) -> dict:
+    try:
+        return json.loads((path / MARKER).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def released_config(tokenizer, clip_dir, mm_hidden_size: int) -> dict:
+    """config.json as LLaVA-3D's released one is written (transformers 4.37 key names), tiny sizes."""
+    return {
+        "architectures": ["LlavaLlamaForCausalLM"],
+        "model_type": "llava_llama",
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "hidden_act": "silu",
+        "initializer_range": 0.02,
+        "pretraining_tp": 1,
+        "rms_norm_eps": 1e-05,
+        "rope_scaling": None,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+        "use_cache": True,
+        "vocab_size": len(tokenizer),
+        **TINY_LLAMA,
+        "image_aspect_ratio": "pad",
+        "mm_hidden_size": mm_hidden_size,
+        "mm_patch_merge_type": "flat",
+        "mm_projector_type": "mlp2x_gelu",
+        "mm_use_im_patch_token": False,
+        "mm_use_im_start_end": False,
+        "mm_video_tower": "SpatialAwareModule",
+        "mm_vision_select_feature": "patch",
+        "mm_vision_select_layer": -2,
+        "mm_vision_tower": str(clip_dir),
+        "num_frames": 20,
+        "tokenizer_model_max_length": 2048,
+        "tokenizer_padding_side": "right",
+        "tune_mm_mlp_adapter": False,
+        "use_mm_proj": True,
+    }
+
+
+def create_tiny_clip(clip_dir, seed: int = 0) -> pathlib.Path:
+    """Write the tiny random CLIP vision tower to clip_dir."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    out = pathlib.Path(clip_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).unlink(missing_ok=True)  # removed first, written last: an interrupted run never looks complete
+    config = CLIPVisionConfig(**TINY_CLIP)
+    with torch.random.fork_rng(devices=[]):  # the caller's RNG stream is left alone
+        torch.manual_seed(seed)
+        model = CLIPVisionModel(config)
+    config.save_pretrained(out)
+    # transformers 5 saves CLIPVisionModel without the "vision_model." prefix; the real CLIP (and
+    # transformers 4.x) use it, so the tiny one does too and loads through the same name mapping.
+    state = {f"vision_model.{k}": v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, out / "model.safetensors", metadata={"format": "pt"})
+    size = TINY_CLIP["image_size"]
+    _json(out / "preprocessor_config.json", {
+        "crop_size": {"height": size, "width": size}, "do_center_crop": True, "do_convert_rgb": True,
+        "do_normalize": True, "do_rescale": True, "do_resize": True, "image_processor_type": "CLIPImageProcessor",
+        "resample": 3, "rescale_factor": 1 / 255, "size": {"shortest_edge": size}, **CLIP_MEAN_STD,
+    })
+    _json(out / MARKER, _marker("tiny-random-clip", seed))
+    return out
+
+
+def _create_llava_part(out_dir, clip_dir, seed: int) -> pathlib.Path:
+    """Write the LLaVA-3D part to out_dir; its config points at clip_dir (must already exist)."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModel, GenerationConfig
+
+    from .llava3d import Llava3D, Llava3DConfig
+    from .loader import to_released
+
+    out, clip_dir = pathlib.Path(out_dir), pathlib.Path(clip_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).unlink(missing_ok=True)
+
+    tokenizer = build_tokenizer()
+    clip_config = CLIPVisionConfig.from_pretrained(clip_dir)
+    raw = released_config(tokenizer, clip_dir, clip_config.hidden_size)
+    config = Llava3DConfig.from_dict(raw)
+    with torch.device("meta"):  # only its width matters here; CLIP weights live in clip_dir
+        tower = CLIPVisionModel(clip_config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Llava3D(config, tower)
+
+    # Released names, bf16 like the released shards, in state-dict order; split at half the bytes.
+    state = {to_released(k): v.to(torch.bfloat16).contiguous()
+             for k, v in model.state_dict().items() if not k.startswith("vision_tower.")}
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    shards, running = ({}, {}), 0
+    for k, t in state.items():
+        shards[0 if running < total // 2 else 1][k] = t
+        running += t.numel() * t.element_size()
+    for name, shard in zip(SHARDS, shards):
+        save_file(shard, out / name, metadata={"format": "pt"})
+    _json(out / INDEX, {"metadata": {"total_size": total},
+                        "weight_map": {k: SHARDS[i] for i, s in enumerate(shards) for k in s}})
+    _json(out / "config.json", raw)
+    GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                     pad_token_id=tokenizer.pad_token_id, do_sample=False).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    _make_tokenizer_files_portable(out, tokenizer)
+    _json(out / MARKER, _marker("tiny-random-llava3d", seed, clip_dir=str(clip_dir)))
+    return out
+
+
+def create_tiny_llava3d(out_dir, clip_dir, seed: int = 0) -> pathlib.Path:
+    """Write the tiny CLIP to clip_dir and the tiny LLaVA-3D (pointing at it) to out_dir; return out_dir."""
+    create_tiny_clip(clip_dir, seed)
+    return _create_llava_part(out_dir, clip_dir, seed)
+
+
+def is_tiny_clip(clip_dir, seed: int) -> bool:
+    clip = pathlib.Path(clip_dir)
+    m = _read_marker(clip)
+    return (m.get("kind"), m.get("seed")) == ("tiny-random-clip", seed) and all(
+        (clip / n).is_file() for n in ("config.json", "model.safetensors", "preprocessor_config.json"))
+
+
+def is_tiny_llava3d(out_dir, clip_dir, seed: int) -> bool:
+    """True when out_dir holds a complete tiny LLaVA-3D of this seed that uses the tiny CLIP at clip_dir."""
+    out = pathlib.Path(out_dir)
+    m = _read_marker(out)
+    needed = ("config.json", "generation_config.json", INDEX, *SHARDS, "tokenizer.json", "tokenizer_config.json")
+    return (
+        (m.get("kind"), m.get("seed")) == ("tiny-random-llava3d", seed)
+        and m.get("clip_dir") == str(pathlib.Path(clip_dir).resolve())
+        and all((out / n).is_file() for n in needed)
+        and is_tiny_clip(clip_dir, seed)
+    )
+
+
+def _staged(out: pathlib.Path, create, is_complete) -> None:
+    """Create into a private staging dir and rename into place: safe when several processes race."""
+    if is_complete(out):
+        return
+    staging = out.with_name(f"{out.name}.tmp{os.getpid()}")
+    create(staging)
+    shutil.rmtree(out, ignore_errors=True)   # an incomplete earlier attempt
+    try:
+        os.rename(staging, out)
+    except OSError:                          # another process finished first
+        shutil.rmtree(staging, ignore_errors=True)
+    if not is_complete(out):
+        raise RuntimeError(f"could not create the tiny checkpoint at {out}")
+
+
+def default_tiny_llava3d_dir() -> pathlib.Path:
+    """Next to tiny.default_tiny_dir(): the cache where set-up puts the tiny models."""
+    return default_tiny_dir().parent / "tiny-llava3d-seed0"
+
+
+def default_clip_dir(out_dir) -> pathlib.Path:
+    out = pathlib.Path(out_dir)
+    return out.with_name(f"{out.name}-clip")
+
+
+def ensure_tiny_llava3d(out_dir, clip_dir=None, seed: int = 0) -> pathlib.Path:
+    """The tiny LLaVA-3D at out_dir (and its CLIP at clip_dir, default OUT_DIR-clip), created if missing."""
+    out = pathlib.Path(out_dir)
+    clip = pathlib.Path(clip_dir) if clip_dir is not None else default_clip_dir(out)
+    _staged(clip, lambda d: create_tiny_clip(d, seed), lambda d: is_tiny_clip(d, seed))
+    # The config must name the final CLIP dir, so the LLaVA part is staged after the CLIP is in place.
+    _staged(out, lambda d: _create_llava_part(d, clip, seed), lambda d: is_tiny_llava3d(d, clip, seed))
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="adatoken3d-make-tiny-llava3d",
+        description="Create a tiny random-weight (untrained) LLaVA-3D checkpoint and its tiny CLIP, for tests.",
+    )
+    parser.add_argument("out_dir", type=pathlib.Path, nargs="?", default=default_tiny_llava3d_dir())
+    parser.add_argument("--clip-dir", type=pathlib.Path, default=None, help="default: OUT_DIR-clip")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--force", action="store_true", help="recreate even if it already exists")
+    args = parser.parse_args(argv)
+    clip = args.clip_dir if args.clip_dir is not None else default_clip_dir(args.out_dir)
+
+    if not args.force and is_tiny_llava3d(args.out_dir, clip, args.seed):
+        print(f"tiny LLaVA-3D (seed {args.seed}) already at {args.out_dir} (CLIP at {clip}); nothing to do "
+              "(use --force to recreate)")
+        return 0
+    create_tiny_llava3d(args.out_dir, clip, seed=args.seed)
+    print(f"created tiny random-weight LLaVA-3D (seed {args.seed}, untrained) at {args.out_dir}, CLIP at {clip}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
