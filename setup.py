@@ -37,6 +37,7 @@ setup(
             'adatoken3d-make-tiny = adatoken3d_node.model.tiny:main',
             'adatoken3d-bag = adatoken3d_node.bags:main',
             'adatoken3d-make-tiny-llava3d = adatoken3d_node.model.tiny_llava3d:main',
+            'adatoken3d-calibrate = adatoken3d_node.model.calibrate:main',
         ],
     },
 )

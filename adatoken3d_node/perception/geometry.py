@@ -49,7 +49,8 @@ def resize_crop_view(rgb: np.ndarray, depth: np.ndarray, K: np.ndarray,
 
     # uint8 in, uint8 out (channels-last): torch's integer resampling path, 3x faster than float and,
     # like PIL's bicubic that the CLIP processor uses, it rounds and clamps to uint8 between passes.
-    img = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]  # (1, 3, H, W) uint8
+    rgb = np.ascontiguousarray(rgb) if rgb.flags.writeable else rgb.copy()  # zero-copy message views are read-only
+    img = torch.from_numpy(rgb).permute(2, 0, 1)[None]  # (1, 3, H, W) uint8
     img = F.interpolate(img, size=(new_h, new_w), mode='bicubic', align_corners=False, antialias=True)
     rgb_out = np.ascontiguousarray(img[0, :, top:top + size, left:left + size].permute(1, 2, 0).numpy())
 
