@@ -25,7 +25,7 @@ export ROS_DOMAIN_ID
 
 INTERFACE_SOURCES := $(shell find ros2_ws/src/adatoken3d_interfaces ros2_ws/pip_only -type f) tools/pip_ros_env.py
 PACKAGE_SOURCES := setup.py setup.cfg package.xml resource/adatoken3d \
-	$(shell find adatoken3d_node launch config models -maxdepth 2 -type f \( -name '*.py' -o -name '*.yaml' -o -name '*.xml' -o -name '*.md' -o -name '*.json' \) -not -path '*/tiny-random/*')
+	$(shell find adatoken3d_node launch config models -maxdepth 3 -type f \( -name '*.py' -o -name '*.yaml' -o -name '*.xml' -o -name '*.md' -o -name '*.json' \) -not -path '*/tiny-random/*')
 
 .PHONY: setup test demo bench lock check-loopback clean
 .DEFAULT_GOAL := setup
@@ -49,9 +49,9 @@ $(VENV)/.stamp-package: $(VENV)/.stamp-interfaces $(PACKAGE_SOURCES)
 	rm -rf build/lib build/bdist.* adatoken3d.egg-info
 	touch $@
 
-# The random-weight tiny model that the node uses when no model_path is set.
+# The random-weight tiny LLaVA-3D (and its tiny CLIP) that the node uses when no model_path is set.
 $(VENV)/.stamp-tiny-model: $(VENV)/.stamp-package
-	$(VENV)/bin/adatoken3d-make-tiny
+	$(VENV)/bin/adatoken3d-make-tiny-llava3d
 	touch $@
 
 test: setup

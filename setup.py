@@ -22,6 +22,7 @@ setup(
         (f'share/{PACKAGE}/launch', glob.glob('launch/*.launch.py')),
         (f'share/{PACKAGE}/config', glob.glob('config/*.yaml') + glob.glob('config/*.xml')),
         (f'share/{PACKAGE}/models', glob.glob('models/*.md') + glob.glob('models/*.json')),
+        (f'share/{PACKAGE}/models/gating_profiles', glob.glob('models/gating_profiles/*.json')),
     ],
     install_requires=['setuptools'],
     zip_safe=True,

@@ -42,8 +42,10 @@ from adatoken3d_interfaces.srv import Query
 
 from . import names, parameters
 from .qos import DIAGNOSTICS_QOS, OUTPUT_QOS, QUERY_QOS, TF_QOS, TF_STATIC_QOS, action_qos_kwargs, sensor_qos
-from .model.engine import ModelLoadError, TextEngine
-from .model.tiny import default_tiny_dir, ensure_tiny_checkpoint
+from .model.calibrate import resolve_gating
+from .model.engine import ModelLoadError
+from .model.scene_qa import SceneAnswerer
+from .model.tiny_llava3d import default_tiny_llava3d_dir, ensure_tiny_llava3d
 from .perception.frontend import FrontEndConfig, SceneFrontEnd
 from .perception.keyframes import KeyframePolicy
 from .pipeline import AnswerPipeline
@@ -118,24 +120,40 @@ class Adatoken3dNode(LifecycleNode):
         if problems:
             self.get_logger().error('configure failed, invalid parameters: ' + '; '.join(problems))
             return TransitionCallbackReturn.FAILURE
-        model_path = config['model_path'] or str(default_tiny_dir())
+        model_path = config['model_path'] or str(default_tiny_llava3d_dir())
         try:
             if not config['model_path']:
-                ensure_tiny_checkpoint(model_path)  # set-up normally made it already
-            engine = TextEngine.load(model_path, device=config['device'], dtype=config['dtype'],
-                                     allow_pickle=config['allow_pickle'])
+                ensure_tiny_llava3d(model_path)  # set-up normally made it already
+            answerer = SceneAnswerer.load(model_path, config['vision_tower_path'], device=config['device'],
+                                          dtype=config['dtype'], allow_pickle=config['allow_pickle'])
         except (ModelLoadError, ValueError, OSError) as error:
             self.get_logger().error(f'configure failed, the model did not load: {error}')
             return TransitionCallbackReturn.FAILURE
-        if engine.is_untrained:
+        try:
+            gating = resolve_gating(config['gating'], model_path)
+            policy = answerer.policy(gating)
+        except ValueError as error:
+            self.get_logger().error(f'configure failed: {error}')
+            return TransitionCallbackReturn.FAILURE
+        if answerer.is_untrained:
             self.get_logger().warning(
                 f'model {model_path} is the random-weight tiny model: it is UNTRAINED and its answers '
                 'mean nothing. Set model_path to a real checkpoint for meaningful answers.')
+        model = answerer.model
+        self._frontend = SceneFrontEnd(FrontEndConfig(
+            image_size=model.image_size, patch_grid=model.patch_grid, patch_xyz=config['patch_xyz'],
+            voxel_size=config['voxel_size'], max_spatial_tokens=config['max_spatial_tokens'],
+            keyframes=KeyframePolicy(max_views=config['max_views'],
+                                     min_translation_m=config['keyframe_min_translation_m'],
+                                     min_rotation_deg=config['keyframe_min_rotation_deg'],
+                                     max_interval_s=config['keyframe_max_interval_s'])))
         if config['warmup']:
-            engine.warmup()
-        self._pipeline = AnswerPipeline(engine, gating=config['gating'])
+            self._frontend.warmup()
+            answerer.warmup(self._frontend.scene())
+        self._pipeline = AnswerPipeline(answerer, self._frontend, policy)
         self._config = config
         self._config['resolved_model_path'] = model_path
+        self._config['gating'] = str(policy)
         self._answer_pub = self.create_publisher(Answer, names.ANSWER_TOPIC, OUTPUT_QOS)
         self._metrics_pub = self.create_publisher(QueryMetrics, names.METRICS_TOPIC, OUTPUT_QOS)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, names.DIAGNOSTICS_TOPIC, DIAGNOSTICS_QOS)
@@ -143,18 +161,11 @@ class Adatoken3dNode(LifecycleNode):
         self._scene_tokens_pub = self.create_publisher(PointCloud2, names.SCENE_TOKENS_TOPIC, OUTPUT_QOS)
         self._publishers = [self._answer_pub, self._metrics_pub, self._diagnostics_pub, self._scene_points_pub,
                             self._scene_tokens_pub]
-        self._frontend = SceneFrontEnd(FrontEndConfig(
-            image_size=config['image_size'], patch_grid=config['image_size'] // 14, patch_xyz=config['patch_xyz'],
-            voxel_size=config['voxel_size'], max_spatial_tokens=config['max_spatial_tokens'],
-            keyframes=KeyframePolicy(max_views=config['max_views'],
-                                     min_translation_m=config['keyframe_min_translation_m'],
-                                     min_rotation_deg=config['keyframe_min_rotation_deg'],
-                                     max_interval_s=config['keyframe_max_interval_s'])))
-        self._frontend.warmup()
         self._worker = QueryWorker(self._pipeline.answer, capacity=config['queue_size'])
         self.get_logger().info(
-            f'configured: model {model_path} on {engine.device} ({engine.dtype}), '
-            f'{engine.shape.num_layers} layers, gating {config["gating"]}, queue_size {config["queue_size"]}')
+            f'configured: model {model_path} on {answerer.device} ({answerer.dtype}), {answerer.num_layers} '
+            f'layers, {model.image_size} px views ({model.patch_grid}x{model.patch_grid} patches), gating '
+            f'{policy}, queue_size {config["queue_size"]}')
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -239,7 +250,7 @@ class Adatoken3dNode(LifecycleNode):
         self._publishers = []
         self._frontend = None
         if self._pipeline is not None:
-            on_cuda = self._pipeline.engine.device.type == 'cuda'
+            on_cuda = self._pipeline.answerer.device.type == 'cuda'
             self._pipeline = None
             gc.collect()
             if on_cuda:
@@ -356,11 +367,11 @@ class Adatoken3dNode(LifecycleNode):
     def _publish_diagnostics(self) -> None:
         worker = self._worker
         status = DiagnosticStatus(name=f'{self.get_name()}: query engine', hardware_id=str(
-            self._pipeline.engine.device) if self._pipeline else '')
+            self._pipeline.answerer.device) if self._pipeline else '')
         values = {
             'state': 'active' if self._accepting else 'inactive',
             'model_path': self._config.get('resolved_model_path', ''),
-            'model_untrained': str(self._pipeline.engine.is_untrained).lower() if self._pipeline else '',
+            'model_untrained': str(self._pipeline.answerer.is_untrained).lower() if self._pipeline else '',
             'gating': self._config.get('gating', ''),
             'queue_depth': str(worker.depth if worker else 0),
             'queue_size': str(self._config.get('queue_size', 0)),
@@ -380,10 +391,10 @@ class Adatoken3dNode(LifecycleNode):
             values['tf_sync_backend'] = self._tf_sync_backend
         values.update({k: str(v) for k, v in self._scene_stats.items()})
         values.update({k: f'{v:.3f}' for k, v in self._latency.summary().items()})
-        values.update(device_memory(self._pipeline.engine.device if self._pipeline else None))
+        values.update(device_memory(self._pipeline.answerer.device if self._pipeline else None))
         status.level = DiagnosticStatus.OK
         status.message = 'ready' if self._accepting else 'inactive'
-        if self._pipeline is not None and self._pipeline.engine.is_untrained:
+        if self._pipeline is not None and self._pipeline.answerer.is_untrained:
             status.level = DiagnosticStatus.WARN
             status.message = 'untrained tiny model: answers are not meaningful'
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]

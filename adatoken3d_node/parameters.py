@@ -35,15 +35,20 @@ PARAMETERS = (
     ParameterSpec('fixed_frame', 'map',
                   'Frame in which views are fused; frame_id of answers and metrics.'),
     ParameterSpec('model_path', '',
-                  'Checkpoint directory (config.json, *.safetensors, tokenizer files). Empty: the '
-                  'random-weight tiny model created at set-up, which is untrained (its words mean nothing).'),
+                  'LLaVA-3D checkpoint directory (config.json, *.safetensors, tokenizer files). Empty: the '
+                  'random-weight tiny LLaVA-3D created at set-up, which is untrained (its words mean nothing).'),
+    ParameterSpec('vision_tower_path', '',
+                  "Local CLIP directory (LLaVA-3D's checkpoint does not hold the CLIP weights). Empty: the "
+                  "checkpoint's mm_vision_tower, which must then be a local directory."),
     ParameterSpec('device', 'auto', 'Where the model runs: auto (cuda when available), cpu, cuda, cuda:N.'),
     ParameterSpec('dtype', 'auto', 'Model dtype: auto (float32 on cpu, bfloat16 on cuda), float32, float16, bfloat16.',
                   choices=('auto', 'float32', 'float16', 'bfloat16')),
     ParameterSpec('allow_pickle', False,
                   'Also load pickle (.bin) weights. Off: only safetensors are read; never enable it for files you do not trust.'),
-    ParameterSpec('gating', 'none', 'Spatial-token gating policy. This version implements none (dense prefill).',
-                  choices=('none',)),
+    ParameterSpec('gating', 'none',
+                  'Spatial-token gating: none (dense) | auto (the calibrated profile of the loaded checkpoint) | '
+                  'schedule:L:r,... (keep r of the spatial tokens from layer L on) | mass:p[@L,...] (keep the '
+                  'fewest holding p of the attention) | fastv:K:r | random:L:r,...'),
     ParameterSpec('latency_budget_ms', 0.0,
                   'Default per-query latency budget in ms, accept to answer; 0 = no budget. deadline_met is measured against it.',
                   min_value=0.0),
@@ -74,8 +79,6 @@ PARAMETERS = (
                   min_value=0.0),
     ParameterSpec('keyframe_max_interval_s', 10.0, '... or this much time passed (a still robot refreshes its memory).',
                   min_value=0.0),
-    ParameterSpec('image_size', 336, 'Vision tower input size; views are resized and centre-cropped to it.',
-                  min_value=14),
     ParameterSpec('patch_xyz', 'nearest',
                   "3D position of a patch: nearest (LLaVA-3D: one pixel) or median (of the patch's valid pixels).",
                   choices=('nearest', 'median')),

@@ -14,6 +14,8 @@ apply_loopback_environment()
 
 @pytest.fixture(scope='session')
 def tiny_model(tmp_path_factory) -> pathlib.Path:
-    """The random-weight tiny checkpoint, created (seeded) in this session's temp dir."""
-    from adatoken3d_node.model.tiny import create_tiny_checkpoint
-    return create_tiny_checkpoint(tmp_path_factory.mktemp('models') / 'tiny-random', seed=0)
+    """The random-weight tiny LLaVA-3D (and its tiny CLIP beside it), seeded, in this session's temp dir."""
+    from adatoken3d_node.model.tiny_llava3d import create_tiny_llava3d
+    root = tmp_path_factory.mktemp('models')
+    create_tiny_llava3d(root / 'tiny-llava3d', root / 'tiny-llava3d-clip', seed=0)
+    return root / 'tiny-llava3d'

@@ -98,3 +98,25 @@ def test_command_line_writes_the_profile(tiny, tmp_path, capsys):
     profile = json.loads(output.read_text())
     assert profile['calibration']['scenes'] == 1 and profile['calibration']['prompts'] == 10
     assert 'wrote' in capsys.readouterr().out
+
+
+def test_gating_auto_resolves_to_the_profile_of_the_loaded_checkpoint(tiny, tmp_path):
+    from adatoken3d_node.model.calibrate import PROFILE_NAME, profile_candidates, resolve_gating
+    path, _, _ = tiny
+    assert resolve_gating('fastv:2:0.5', path) == 'fastv:2:0.5'        # anything but auto passes through
+    with pytest.raises(ValueError, match=f'no calibrated profile.*{checkpoint_id(path)}.*adatoken3d-calibrate'):
+        resolve_gating('auto', path)
+    assert profile_candidates(path)[0] == path / PROFILE_NAME
+    (path / PROFILE_NAME).write_text(json.dumps({'schedule': 'schedule:1:0.5,2:0.25'}))
+    try:
+        assert resolve_gating('auto', path) == 'schedule:1:0.5,2:0.25'
+    finally:
+        (path / PROFILE_NAME).unlink()
+
+
+def test_checkpoint_id_follows_the_weights_not_the_location(tmp_path):
+    a, b, c = tmp_path / 'a', tmp_path / 'b', tmp_path / 'c'
+    create_tiny_llava3d(a, tmp_path / 'a-clip', seed=0)
+    create_tiny_llava3d(b, tmp_path / 'b-clip', seed=0)
+    create_tiny_llava3d(c, tmp_path / 'c-clip', seed=1)
+    assert checkpoint_id(a) == checkpoint_id(b) != checkpoint_id(c)

@@ -128,11 +128,11 @@ def test_tiny_checkpoint_has_the_released_layout(tiny3d):
                                                 "adatoken3d_tiny.json"}
     clip_cfg = json.loads((clip / "config.json").read_text())
     assert (clip_cfg["image_size"], clip_cfg["patch_size"], clip_cfg["hidden_size"], clip_cfg["num_hidden_layers"],
-            clip_cfg["num_attention_heads"]) == (112, 14, 32, 2, 2)
+            clip_cfg["num_attention_heads"]) == (336, 14, 32, 2, 2)
     with safe_open(clip / "model.safetensors", "pt") as f:
         assert all(k.startswith("vision_model.") for k in f.keys())  # like openai/clip-vit-large-patch14-336
     pre = json.loads((clip / "preprocessor_config.json").read_text())
-    assert pre["crop_size"] == {"height": 112, "width": 112} and pre["image_mean"][0] == pytest.approx(0.48145466)
+    assert pre["crop_size"] == {"height": 336, "width": 336} and pre["image_mean"][0] == pytest.approx(0.48145466)
 
 
 def test_same_seed_same_bytes_cli_and_ensure_idempotent(tiny3d, tmp_path, capsys):
@@ -189,7 +189,7 @@ def test_round_trip_every_weight_equal(tiny3d, loaded):
     assert torch.equal(model.language_model.model.rotary_emb.inv_freq,
                        LlamaRotaryEmbedding(config=config.text_config).inv_freq)
     assert not model.training and model.is_untrained
-    assert (model.image_size, model.patch_grid, config.hidden_size, config.mm_hidden_size) == (112, 8, 64, 32)
+    assert (model.image_size, model.patch_grid, config.hidden_size, config.mm_hidden_size) == (336, 24, 64, 32)
     assert len(tokenizer) == 512 and model.language_model.generation_config.eos_token_id == tokenizer.eos_token_id
 
 
@@ -326,9 +326,9 @@ def test_fixable_checkpoints_load_when_told_how(tiny3d, loaded, tmp_path):
 def test_vision_features_are_the_selected_layer_without_cls(tiny3d, loaded):
     from transformers import CLIPVisionModel
     model = loaded[0]
-    images = np.random.default_rng(0).integers(0, 256, (2, 112, 112, 3), dtype=np.uint8)
+    images = np.random.default_rng(0).integers(0, 256, (2, 336, 336, 3), dtype=np.uint8)
     feats = model.image_features(images)
-    assert feats.shape == (2, 64, 32)
+    assert feats.shape == (2, 576, 32)
 
     ref = CLIPVisionModel.from_pretrained(tiny3d[1]).eval()
     pre = json.loads((tiny3d[1] / "preprocessor_config.json").read_text())
@@ -339,8 +339,8 @@ def test_vision_features_are_the_selected_layer_without_cls(tiny3d, loaded):
     torch.testing.assert_close(feats, hidden[-2][:, 1:], rtol=0, atol=1e-6)
     assert not torch.allclose(feats, hidden[-1][:, 1:])  # not the last layer
 
-    with pytest.raises(ValueError, match=r"\(V, 112, 112, 3\) uint8"):
-        model.image_features(np.zeros((1, 336, 336, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"\(V, 336, 336, 3\) uint8"):
+        model.image_features(np.zeros((1, 112, 112, 3), np.uint8))
 
 
 def test_voxel_mean_is_exact():
@@ -355,14 +355,14 @@ def test_voxel_mean_is_exact():
 
 
 def make_scene(max_tokens=6):
-    """2 views of 8 x 8 patches; patch i of view v sits in voxel (i % 5, 0, v) of 0.2 m; patches 60+ have
-    no depth. 10 voxels, capped to max_tokens."""
+    """2 views of 24 x 24 patches; patch i of view v sits in voxel (i % 5, 0, v) of 0.2 m; patches 60+
+    have no depth. 10 voxels, capped to max_tokens."""
     rng = np.random.default_rng(1)
-    images = rng.integers(0, 256, (2, 112, 112, 3), dtype=np.uint8)
-    i = np.arange(64)
-    xyz = np.stack([np.stack([0.05 + 0.2 * (i % 5) + 0.01 * (i % 3), np.full(64, 0.07), np.full(64, 0.05 + 0.2 * v)], 1)
-                    for v in range(2)]).astype(np.float32)           # (2, 64, 3)
-    valid = np.broadcast_to(i < 60, (2, 64)).copy()
+    images = rng.integers(0, 256, (2, 336, 336, 3), dtype=np.uint8)
+    i = np.arange(576)
+    xyz = np.stack([np.stack([0.05 + 0.2 * (i % 5) + 0.01 * (i % 3), np.full(576, 0.07), np.full(576, 0.05 + 0.2 * v)], 1)
+                    for v in range(2)]).astype(np.float32)           # (2, 576, 3)
+    valid = np.broadcast_to(i < 60, (2, 576)).copy()
     xyz[~valid] = np.nan
     tokens = voxel_pool(torch.zeros(int(valid.sum()), 0), torch.from_numpy(xyz[valid]), 0.2, max_tokens)
     return SceneGeometry(images, xyz, valid, tokens, (1, 2), ("cam", "cam"))
@@ -389,8 +389,8 @@ def test_spatial_embeddings_pool_position_embedded_features_per_voxel(loaded):
     expected = model.mm_projector(torch.stack(expected))
     torch.testing.assert_close(emb, expected, rtol=1e-5, atol=1e-5)
 
-    empty = SceneGeometry(np.zeros((0, 112, 112, 3), np.uint8), np.zeros((0, 64, 3), np.float32),
-                          np.zeros((0, 64), bool), voxel_pool(torch.zeros(0, 0), torch.zeros(0, 3)), (), ())
+    empty = SceneGeometry(np.zeros((0, 336, 336, 3), np.uint8), np.zeros((0, 576, 3), np.float32),
+                          np.zeros((0, 576), bool), voxel_pool(torch.zeros(0, 0), torch.zeros(0, 3)), (), ())
     assert model.spatial_embeddings(empty).shape == (0, 64)
 
 

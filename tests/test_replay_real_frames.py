@@ -55,13 +55,13 @@ def bags(tmp_path_factory):
     }
 
 
-def replay(bag, tiny_model, tmp_path, name, rate=1.0, expect_views=5, **overrides):
-    """Start a node, play the bag into it, return (scene points, scene tokens, last diagnostics values)."""
+def replay(bag, tiny_model, tmp_path, name, rate=1.0, expect_views=5, question=None, launch=(), **overrides):
+    """Start a node, play the bag into it, return (scene points, scene tokens, node log[, answer to question])."""
     params = params_file(tmp_path / f'{name}.yaml', keyframe_min_translation_m=0.0, keyframe_min_rotation_deg=0.0,
                          tf_timeout_s=1.0, **overrides)
     log = tmp_path / f'{name}.log'
     with NodeProcess([f'namespace:={name}', f'model_path:={tiny_model}', f'params_file:={params}',
-                      *TOPICS.remap_arguments()], log_path=str(log)) as node, \
+                      *TOPICS.remap_arguments(), *launch], log_path=str(log)) as node, \
             QueryClient(namespace=name, name=f'{name}_client') as client:
         points = client.collect(PointCloud2, f'/{name}/adatoken3d/scene_points')
         tokens = client.collect(PointCloud2, f'/{name}/adatoken3d/scene_tokens')
@@ -82,6 +82,8 @@ def replay(bag, tiny_model, tmp_path, name, rate=1.0, expect_views=5, **override
         except TimeoutError:
             pytest.fail(f'node log:\n{node.log()}')
         client.wait_until(lambda: len(tokens) == len(points), TIMEOUT, 'the matching ~/scene_tokens')
+        if question is not None:
+            return cloud_array(points[-1]), cloud_array(tokens[-1]), node.log(), client.query(question)
         return cloud_array(points[-1]), cloud_array(tokens[-1]), node.log()
 
 
@@ -123,3 +125,34 @@ def test_tum_frame_with_metric_float_depth_and_a_static_pose(bags, tiny_model, t
     assert 0.95 * 576 > len(points) > 0.6 * 576         # 19% of pixels have no depth, so do some patches
     assert 0.3 < z.min() and z.max() < 6.0              # a Kinect indoors, camera at the origin
     assert tokens['count'].sum() == len(points)
+
+
+def test_a_question_about_the_replayed_scene_runs_gated_llava3d_with_true_metrics(bags, tiny_model, tmp_path):
+    import math
+    import json
+    from adatoken3d_node.model.flops import LlamaShape, prefill_flops
+    from adatoken3d_node.datasets import load_redwood
+    _, tokens, _, response = replay(bags['redwood_sqlite3'], tiny_model, tmp_path, 'ask',
+                                    question='What is next to the sofa at [0.5, 0.2, 1.5]?',
+                                    launch=['gating:=schedule:1:0.5,2:0.25'])
+    assert response.success, response.error
+    m = response.metrics
+    assert m.num_views == 5 and m.spatial_tokens == len(tokens)
+    assert m.spatial_tokens_kept == math.ceil(0.25 * m.spatial_tokens)
+    assert m.gating == 'schedule:1:0.5,2:0.25'
+    newest = load_redwood(SHARED_DATA / 'redwood_livingroom_5')[-1].stamp_ns
+    assert m.scene_stamp.sec * 10**9 + m.scene_stamp.nanosec == newest
+    assert m.vision_ms > 0 and m.scene_ms > 0 and m.prefill_ms > 0
+    # the FLOPs follow from the token counts: layer 0 all, layer 1 half the spatial tokens, 2-3 a quarter
+    config = json.loads((tiny_model / 'config.json').read_text())
+    shape = LlamaShape(config['hidden_size'], config['intermediate_size'], config['num_hidden_layers'],
+                       config['num_attention_heads'], config['num_key_value_heads'],
+                       config['hidden_size'] // config['num_attention_heads'], config['vocab_size'])
+    text = m.text_tokens
+    dense = prefill_flops(shape, [text + m.spatial_tokens] * 4)
+    assert m.prefill_flops_dense == pytest.approx(dense)
+    half = text + math.ceil(0.5 * m.spatial_tokens)
+    as_run = prefill_flops(shape, [text + m.spatial_tokens, half, text + m.spatial_tokens_kept,
+                                   text + m.spatial_tokens_kept])
+    assert m.prefill_flops == pytest.approx(as_run, rel=0.02)   # + the one-row scoring at the two cuts
+    assert m.prefill_flops > as_run and m.flops_reduction == pytest.approx(1 - m.prefill_flops / dense, abs=1e-6)

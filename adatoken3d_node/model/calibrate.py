@@ -15,9 +15,11 @@ over heads), and per layer we record
 The schedule is fitted offline, as AdaToken-3D's adaptive part is: among a small family of
 three-stage cut layouts, and ratios scaled down from the measured keep_for_95 curve until the
 predicted prefill FLOPs reduction reaches the target, it picks the one that keeps the most
-attention mass (measured on the calibration prompts). The profile is written under models/
-(or --output) with the checkpoint's id; the node's `gating: auto` loads it for that checkpoint.
-ROS-free.
+attention mass (measured on the calibration prompts).
+
+The profile goes next to the checkpoint (MODEL_DIR/adatoken3d_gating.json) unless --output says
+otherwise; profiles shipped with the package live in models/gating_profiles/<checkpoint id>.json.
+The node's `gating: auto` looks in both places for the loaded checkpoint. ROS-free.
 """
 import argparse
 import hashlib
@@ -36,7 +38,8 @@ from .flops import LlamaShape, prefill_flops
 from .gating import GatedLlama, parse_gating
 
 MASS = 0.95
-PROFILE_DIR = pathlib.Path(__file__).resolve().parent.parent.parent / 'models' / 'gating_profiles'
+PROFILE_NAME = 'adatoken3d_gating.json'    # next to a checkpoint
+SHIPPED_PROFILES = pathlib.Path('models') / 'gating_profiles'   # in the package share (and source tree)
 DEFAULT_QUESTIONS = (
     'What is on the table?', 'Where is the chair?', 'How many chairs are in the room?',
     'What color is the sofa?', 'Which object is closest to the door?', 'Is there a lamp next to the bed?',
@@ -61,8 +64,30 @@ def checkpoint_id(path) -> str:
     return digest.hexdigest()[:16]
 
 
-def profile_path(path, directory=PROFILE_DIR) -> pathlib.Path:
-    return pathlib.Path(directory) / f'{checkpoint_id(path)}.json'
+def profile_candidates(model_path) -> List[pathlib.Path]:
+    """Where `gating: auto` looks for the profile of the checkpoint at model_path, in order."""
+    name = f'{checkpoint_id(model_path)}.json'
+    places = [pathlib.Path(model_path) / PROFILE_NAME]
+    try:  # the installed package's share directory (ament index), when there is one
+        from ament_index_python.packages import get_package_share_directory
+        places.append(pathlib.Path(get_package_share_directory('adatoken3d')) / SHIPPED_PROFILES / name)
+    except Exception:
+        pass
+    places.append(pathlib.Path(__file__).resolve().parent.parent.parent / SHIPPED_PROFILES / name)  # source tree
+    return places
+
+
+def resolve_gating(text: str, model_path) -> str:
+    """The gating text to run: `auto` becomes the calibrated schedule of this checkpoint."""
+    if text != 'auto':
+        return text
+    places = profile_candidates(model_path)
+    for place in places:
+        if place.is_file():
+            return json.loads(place.read_text())['schedule']
+    raise ValueError(f'gating auto: no calibrated profile for the checkpoint at {model_path} (id '
+                     f'{checkpoint_id(model_path)}); looked in {", ".join(str(p) for p in places)}. Run '
+                     f'adatoken3d-calibrate {model_path} --dataset KIND:DIR, or set gating to a schedule')
 
 
 @dataclass
@@ -202,7 +227,8 @@ def main(argv=None) -> int:
     parser.add_argument('--target-flops-reduction', type=float, default=0.63)
     parser.add_argument('--device', default='auto')
     parser.add_argument('--dtype', default='auto')
-    parser.add_argument('--output', default=None, help=f'default: {PROFILE_DIR}/<checkpoint id>.json')
+    parser.add_argument('--output', default=None,
+                        help=f'default: MODEL_DIR/{PROFILE_NAME}; to ship it: {SHIPPED_PROFILES}/<checkpoint id>.json')
     args = parser.parse_args(argv)
     from .loader import load_llava3d
     model, tokenizer, _ = load_llava3d(args.model_path, args.vision_tower, args.device, args.dtype)
@@ -210,7 +236,7 @@ def main(argv=None) -> int:
     questions = [q for q in questions if q.strip()]
     profile = calibrate(model, tokenizer, args.model_path, scenes_from_datasets(args.dataset, model), questions,
                         args.target_flops_reduction)
-    output = pathlib.Path(args.output) if args.output else profile_path(args.model_path)
+    output = pathlib.Path(args.output) if args.output else pathlib.Path(args.model_path) / PROFILE_NAME
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(profile, indent=2) + '\n')
     if not profile['target_met']:

@@ -7,9 +7,10 @@ without downloading anything. The files are what the released checkpoint has:
                model-00001-of-00002.safetensors, model-00002-of-00002.safetensors (bf16, released names)
                model.safetensors.index.json, tokenizer files, generation_config.json,
                adatoken3d_tiny.json (trained: false)
-    CLIP_DIR/  config.json (CLIPVisionConfig: 112 px, 14 px patches -> 8 x 8 = 64 patches, width 32),
+    CLIP_DIR/  config.json (CLIPVisionConfig: 336 px, 14 px patches -> 24 x 24 = 576 patches as
+               LLaVA-3D's CLIP ViT-L/14-336, width 32),
                model.safetensors (vision_model.* names, like openai/clip-vit-large-patch14-336),
-               preprocessor_config.json (CLIP mean/std, crop 112), adatoken3d_tiny.json
+               preprocessor_config.json (CLIP mean/std, crop 336), adatoken3d_tiny.json
 
     adatoken3d-make-tiny-llava3d [OUT_DIR] [--clip-dir D] [--seed N] [--force]
 
@@ -28,7 +29,7 @@ from .tiny import MARKER, _make_tokenizer_files_portable, build_tokenizer, defau
 SHARDS = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")
 INDEX = "model.safetensors.index.json"
 TINY_CLIP = dict(
-    image_size=112, patch_size=14, hidden_size=32, intermediate_size=128,  # 8 x 8 patches of width 32
+    image_size=336, patch_size=14, hidden_size=32, intermediate_size=128,  # 24 x 24 patches of width 32
     num_hidden_layers=2, num_attention_heads=2, projection_dim=32,
 )
 TINY_LLAMA = dict(hidden_size=64, intermediate_size=176, num_hidden_layers=4, num_attention_heads=4,
