@@ -150,7 +150,7 @@ class Adatoken3dNode(LifecycleNode):
         if config['warmup']:
             self._frontend.warmup()
             answerer.warmup(self._frontend.scene())
-        self._pipeline = AnswerPipeline(answerer, self._frontend, policy)
+        self._pipeline = AnswerPipeline(answerer, self._frontend, policy, config['temperature'], config['top_p'])
         self._config = config
         self._config['resolved_model_path'] = model_path
         self._config['gating'] = str(policy)

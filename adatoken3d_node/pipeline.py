@@ -8,17 +8,21 @@ from .queries import QueryJob, QueryOutcome, QueryReport
 
 
 class AnswerPipeline:
-    def __init__(self, answerer: SceneAnswerer, frontend: SceneFrontEnd, policy: GatingPolicy):
+    def __init__(self, answerer: SceneAnswerer, frontend: SceneFrontEnd, policy: GatingPolicy,
+                 temperature: float = 0.0, top_p: float = 1.0):
         self.answerer = answerer
         self.frontend = frontend
         self.policy = policy
+        self.temperature = temperature
+        self.top_p = top_p
 
     def answer(self, job: QueryJob) -> QueryOutcome:
         start = time.perf_counter()
         scene = self.frontend.scene()   # a consistent snapshot: sensors keep writing meanwhile
         scene_ms = (time.perf_counter() - start) * 1e3
         result = self.answerer.answer(job.question, scene, self.policy, job.max_new_tokens,
-                                      on_token=job.on_token, should_stop=job.should_stop)
+                                      on_token=job.on_token, should_stop=job.should_stop,
+                                      temperature=self.temperature, top_p=self.top_p, seed=job.seq)
         report = QueryReport(
             scene_ms=scene_ms,
             vision_ms=result.vision_ms,

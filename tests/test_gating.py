@@ -336,3 +336,18 @@ def test_flops_as_run(gated, policy):
         assert r.prefill_flops == r.prefill_flops_dense
     else:
         assert r.prefill_flops < r.prefill_flops_dense and (n_scored > 0) == (not policy.startswith("random"))
+
+
+def test_sampled_decoding_is_reproducible_and_reduces_to_greedy(gated):
+    embeds, mask = prompt()
+    policy = parse_gating("schedule:1:0.5,2:0.25", 4)
+    greedy, _, _ = gated.generate(embeds, mask, policy, 10)
+    hot = dict(temperature=5.0, top_p=1.0)
+    first, _, _ = gated.generate(embeds, mask, policy, 10, sample_seed=3, **hot)
+    again, _, _ = gated.generate(embeds, mask, policy, 10, sample_seed=3, **hot)
+    other = [gated.generate(embeds, mask, policy, 10, sample_seed=s, **hot)[0] for s in range(4, 8)]
+    assert first == again and any(o != first for o in other)
+    # a nucleus so small that only the most likely token is inside it is greedy decoding
+    assert gated.generate(embeds, mask, policy, 10, temperature=1.0, top_p=1e-6, sample_seed=1)[0] == greedy
+    with pytest.raises(ValueError, match="top_p"):
+        gated.generate(embeds, mask, policy, 2, temperature=1.0, top_p=0.0)

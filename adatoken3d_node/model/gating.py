@@ -492,9 +492,16 @@ class GatedLlama:
         eos_token_ids=(),
         on_token=None,
         should_stop=None,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        sample_seed: int = 0,
         **prefill_kwargs,
     ) -> tuple[list[int], PrefillResult, float]:
-        """Greedy: gated prefill, then decode steps -> (generated ids, PrefillResult, decode_ms).
+        """Gated prefill, then decode steps -> (generated ids, PrefillResult, decode_ms).
+
+        temperature 0 is greedy; temperature > 0 samples from softmax(logits / temperature) restricted
+        to the smallest set of tokens holding top_p of the probability (nucleus), with a torch
+        generator seeded by sample_seed, so a sampled answer is reproducible.
 
         on_token(ids) is called after each generated token with the ids so far (EOS included; do not
         modify the list). should_stop() is checked before each decode step. The stop reason follows from
@@ -503,9 +510,23 @@ class GatedLlama:
         """
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if temperature < 0 or not 0 < top_p <= 1:
+            raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature} and {top_p}")
         eos = frozenset(eos_token_ids)
+        generator = torch.Generator(device=self.device).manual_seed(sample_seed) if temperature > 0 else None
+
+        def pick(logits: torch.Tensor) -> torch.Tensor:  # [1, V] -> [1, 1]
+            if generator is None:
+                return logits.argmax(dim=-1, keepdim=True)
+            probs = torch.softmax(logits.float() / temperature, dim=-1)
+            sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
+            outside = torch.cumsum(sorted_probs, dim=-1) - sorted_probs >= top_p  # beyond the nucleus
+            sorted_probs[outside] = 0.0
+            choice = torch.multinomial(sorted_probs / sorted_probs.sum(), 1, generator=generator)
+            return order.gather(-1, choice)
+
         pre = self.prefill(inputs_embeds, spatial_mask, policy, reserve=max_new_tokens, **prefill_kwargs)
-        token = pre.logits.argmax(dim=-1, keepdim=True)  # [1, 1]
+        token = pick(pre.logits)  # [1, 1]
         ids = [int(token)]
         decode_ms = 0.0
         while True:
@@ -516,7 +537,7 @@ class GatedLlama:
             if should_stop is not None and should_stop():
                 break
             t0 = self._now()
-            token = self.decode_step(token, pre.caches).argmax(dim=-1, keepdim=True)  # [1, 1]
+            token = pick(self.decode_step(token, pre.caches))  # [1, 1]
             ids.append(int(token))  # int() waits for the device
             decode_ms += (self._now() - t0) * 1e3
         return ids, pre, decode_ms

@@ -71,8 +71,10 @@ class SceneAnswerer:
 
     def answer(self, question: str, scene, policy: GatingPolicy, max_new_tokens: int,
                on_token: Optional[Callable[[str, int], None]] = None,
-               should_stop: Optional[Callable[[], bool]] = None) -> SceneAnswer:
-        """on_token(partial answer, tokens so far) after each generated token; should_stop() ends it early."""
+               should_stop: Optional[Callable[[], bool]] = None,
+               temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> SceneAnswer:
+        """on_token(partial answer, tokens so far) after each generated token; should_stop() ends it early.
+        temperature 0 decodes greedily, > 0 samples (nucleus top_p) reproducibly from `seed`."""
         with torch.inference_mode():
             start = self._now()
             spatial = self.model.spatial_embeddings(scene)                                # (M, D)
@@ -93,7 +95,8 @@ class SceneAnswerer:
 
             ids, prefill, decode_ms = self.gated.generate(inputs.inputs_embeds, inputs.spatial_mask, policy,
                                                           max_new_tokens, self.eos_token_ids, on_token=stream,
-                                                          should_stop=should_stop)
+                                                          should_stop=should_stop, temperature=temperature,
+                                                          top_p=top_p, sample_seed=seed)
         stop_reason = ('eos' if ids[-1] in self.eos_token_ids else
                        'max_new_tokens' if len(ids) >= max_new_tokens else 'cancelled')
         return SceneAnswer(
