@@ -63,6 +63,7 @@ demo: setup
 bench: setup
 	$(PY) -m benchmarks.bench_query
 	$(PY) -m benchmarks.bench_perception
+	$(PY) -m benchmarks.bench_gating
 
 # Regenerate the lock file from what is installed in .venv.
 lock: $(VENV)/.stamp-deps

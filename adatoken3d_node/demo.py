@@ -12,9 +12,9 @@ from .dds_env import apply_loopback_environment
 
 QUESTIONS = ['What is on the table?', 'Where is the chair?']
 STREAMED_QUESTION = 'How many chairs are in the room?'
-# This version runs the language model of a LLaMA-family checkpoint; LLaVA-3D's own loader comes next.
-REAL_WEIGHTS_HINT = ('adatoken3d-bringup model_path:=/path/to/vicuna-7b-v1.5 device:=cuda\n'
-                     '  ros2 launch adatoken3d bringup.launch.py model_path:=/path/to/vicuna-7b-v1.5 device:=cuda')
+REAL_WEIGHTS_HINT = ('ros2 launch adatoken3d bringup.launch.py device:=cuda model_path:=/path/to/LLaVA-3D-7B '
+                     'vision_tower_path:=/path/to/clip-vit-large-patch14-336\n'
+                     '  (or the same arguments to adatoken3d-bringup)')
 
 
 def metrics_rows(how: str, question: str, response) -> list:
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
         untrained = 'untrained' in node.log().lower()
     if untrained:
         print('NOTE: this ran the random-weight tiny model: it is UNTRAINED, so its words are not meaningful.\n'
-              'The plumbing, metrics and timings are real. With real weights (a local LLaMA-family checkpoint):\n  '
+              'The plumbing, metrics and timings are real. With the real LLaVA-3D weights:\n  '
               + REAL_WEIGHTS_HINT)
     return 0 if ok else 1
 
