@@ -35,7 +35,6 @@ setup(
             'adatoken3d_node = adatoken3d_node.node:main',
             'adatoken3d-bringup = adatoken3d_node.bringup:main',
             'adatoken3d-demo = adatoken3d_node.demo:main',
-            'adatoken3d-make-tiny = adatoken3d_node.model.tiny:main',
             'adatoken3d-bag = adatoken3d_node.bags:main',
             'adatoken3d-make-tiny-llava3d = adatoken3d_node.model.tiny_llava3d:main',
             'adatoken3d-calibrate = adatoken3d_node.model.calibrate:main',

@@ -101,6 +101,14 @@ class QueryClient:
         self._spinner = threading.Thread(target=self._spin, daemon=True)
         self._spinner.start()
 
+    def latest_diagnostics(self, node_name: str = names.NODE_NAME) -> Dict[str, str]:
+        """Key-values of the newest /diagnostics status of the node (empty before the first one)."""
+        for array in reversed(self.diagnostics):
+            for status in array.status:
+                if status.name.startswith(node_name):
+                    return {kv.key: kv.value for kv in status.values}
+        return {}
+
     def collect(self, msg_type, topic: str, qos=OUTPUT_QOS) -> list:
         """Subscribe to any topic; returns the list its messages are appended to."""
         received: list = []
@@ -143,8 +151,8 @@ class QueryClient:
 
     # --------------------------------------------------------------- calls
     def query_async(self, question: str, latency_budget_ms: float = 0.0, max_new_tokens: int = 0):
-        return self._query.call_async(Query.Request(question=question, latency_budget_ms=latency_budget_ms,
-                                                    max_new_tokens=max_new_tokens))
+        return self._query.call_async(Query.Request(question=question, latency_budget_ms=float(latency_budget_ms),
+                                                    max_new_tokens=int(max_new_tokens)))
 
     def query(self, question: str, latency_budget_ms: float = 0.0, max_new_tokens: int = 0,
               timeout: float = 60.0) -> Query.Response:
@@ -154,7 +162,7 @@ class QueryClient:
     def send_goal(self, question: str, latency_budget_ms: float = 0.0, max_new_tokens: int = 0,
                   on_feedback: Optional[Callable[[Ask.Feedback], None]] = None, timeout: float = 30.0):
         """Send an ~/ask goal; returns the accepted goal handle."""
-        goal = Ask.Goal(question=question, latency_budget_ms=latency_budget_ms, max_new_tokens=max_new_tokens)
+        goal = Ask.Goal(question=question, latency_budget_ms=float(latency_budget_ms), max_new_tokens=int(max_new_tokens))
         feedback = (lambda msg: on_feedback(msg.feedback)) if on_feedback else None
         handle = self._result(self._ask.send_goal_async(goal, feedback_callback=feedback), timeout,
                               f'{self.ask_action} goal response')

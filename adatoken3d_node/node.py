@@ -48,6 +48,7 @@ from .model.scene_qa import SceneAnswerer
 from .model.tiny_llava3d import default_tiny_llava3d_dir, ensure_tiny_llava3d
 from .perception.frontend import FrontEndConfig, SceneFrontEnd
 from .perception.keyframes import KeyframePolicy
+from .budget import BudgetController, CostModel, warmup_sweep
 from .pipeline import AnswerPipeline
 from .queries import QueryLimits, QueryOutcome, QueryReport, QueryWorker, resolve_request
 from .ros_backends import make_tf_and_sync
@@ -147,10 +148,13 @@ class Adatoken3dNode(LifecycleNode):
                                      min_translation_m=config['keyframe_min_translation_m'],
                                      min_rotation_deg=config['keyframe_min_rotation_deg'],
                                      max_interval_s=config['keyframe_max_interval_s'])))
+        cost = CostModel(answerer.gated.shape)
         if config['warmup']:
             self._frontend.warmup()
             answerer.warmup(self._frontend.scene())
-        self._pipeline = AnswerPipeline(answerer, self._frontend, policy, config['temperature'], config['top_p'])
+            warmup_sweep(answerer, cost, config['max_spatial_tokens'])
+        self._pipeline = AnswerPipeline(answerer, self._frontend, policy, config['temperature'], config['top_p'],
+                                        BudgetController(cost, config['budget_min_keep_ratio']))
         self._config = config
         self._config['resolved_model_path'] = model_path
         self._config['gating'] = str(policy)
@@ -390,6 +394,15 @@ class Adatoken3dNode(LifecycleNode):
             values['tf_frames'] = ' '.join(sorted(sensors.tf.frames()))
             values['tf_sync_backend'] = self._tf_sync_backend
         values.update({k: str(v) for k, v in self._scene_stats.items()})
+        if self._pipeline is not None and self._pipeline.budget is not None:
+            cost = self._pipeline.budget.cost
+            error = cost.mean_relative_error()
+            values['budget.prediction_error'] = f'{error:.3f}' if error is not None else ''
+            values['budget.last_keep_ratio'] = (f'{self._pipeline.last_keep_ratio:.3f}'
+                                                if self._pipeline.last_keep_ratio is not None else '')
+            values['budget.prefill_ms_per_linear_gflop'] = f'{cost.prefill_coef[0]:.3f}'
+            values['budget.prefill_ms_per_attention_gflop'] = f'{cost.prefill_coef[1]:.3f}'
+            values['budget.decode_ms_per_token'] = f'{cost.decode_coef[0]:.3f}'
         values.update({k: f'{v:.3f}' for k, v in self._latency.summary().items()})
         values.update(device_memory(self._pipeline.answerer.device if self._pipeline else None))
         status.level = DiagnosticStatus.OK

@@ -50,8 +50,13 @@ PARAMETERS = (
                   'schedule:L:r,... (keep r of the spatial tokens from layer L on) | mass:p[@L,...] (keep the '
                   'fewest holding p of the attention) | fastv:K:r | random:L:r,...'),
     ParameterSpec('latency_budget_ms', 0.0,
-                  'Default per-query latency budget in ms, accept to answer; 0 = no budget. deadline_met is measured against it.',
-                  min_value=0.0),
+                  'Default per-query latency budget in ms, accept to answer; 0 = no budget. With a budget the node '
+                  'chooses the pruning per query (overriding gating) so that the predicted time fits; '
+                  'deadline_met is measured.', min_value=0.0),
+    ParameterSpec('budget_min_keep_ratio', 0.1,
+                  'With a latency budget, never keep fewer than this share of the spatial tokens (protects '
+                  'answer quality); a budget not reachable even then is answered late and reported.',
+                  min_value=0.001, max_value=1.0),
     ParameterSpec('max_new_tokens', 32, 'Default number of tokens generated per answer.', min_value=1),
     ParameterSpec('temperature', 0.0, 'Decoding: 0 = greedy; > 0 samples (reproducibly, seeded per query number).',
                   min_value=0.0),
@@ -61,7 +66,8 @@ PARAMETERS = (
     ParameterSpec('queue_size', 10, 'Queries waiting behind the one being answered; more are refused with a reason.',
                   min_value=1, max_value=1000),
     ParameterSpec('max_question_chars', 2000, 'Longer questions are refused with a reason.', min_value=1),
-    ParameterSpec('warmup', True, 'Run one short generation at configure so the first query is not slow.'),
+    ParameterSpec('warmup', True, 'At configure, run one short answer (so the first query is not slow) and '
+                  'measure the cost model for latency budgets (a short sweep over prompt lengths).'),
     ParameterSpec('depth_source', 'depth',
                   'Where per-pixel depth comes from: depth (depth image + its camera_info) or points '
                   '(PointCloud2 projected into the colour camera, the LiDAR + camera case).',

@@ -110,3 +110,16 @@ def test_decide_predicts_offer_without_storing():
     assert memory.decide(pose_at(0.1), 2).startswith('skipped') and len(memory) == 1
     assert memory.decide(pose_at(0.3), 3) == 'kept: moved 0.30 m'
     assert frontend.add_view(rgb, depth, K, pose_at(0.3), 3) == 'kept: moved 0.30 m' and len(memory) == 2
+
+
+def test_scene_is_memoised_until_the_memory_changes():
+    frontend = SceneFrontEnd(FrontEndConfig(keyframes=KeyframePolicy(min_translation_m=0.1)))
+    rgb, depth = frame(0)
+    frontend.add_view(rgb, depth, K, pose_at(0.0), 1)
+    first = frontend.scene()
+    assert frontend.scene() is first                      # unchanged memory: the same result, no work
+    frontend.add_view(rgb, depth, K, pose_at(0.5), 2)
+    second = frontend.scene()
+    assert second is not first and second.num_views == 2
+    frontend.memory.clear()
+    assert frontend.scene().num_views == 0

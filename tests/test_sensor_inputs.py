@@ -76,14 +76,6 @@ def start(tmp_path, name, tiny_model, **overrides):
     return node, client
 
 
-def diagnostics(client):
-    for array in reversed(client.diagnostics):
-        for status in array.status:
-            if status.name.startswith('adatoken3d'):
-                return {kv.key: kv.value for kv in status.values}
-    return {}
-
-
 def publishers(client, name, topics):
     sensor_qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
     made = {key: client.node.create_publisher(msg_type, f'/{name}/{names.SENSOR_TOPICS[key]}', sensor_qos)
@@ -109,21 +101,21 @@ def test_unregistered_depth_is_reprojected_and_missing_tf_skips_views_with_one_l
         # One frame at a time: a burst could overflow the short pending queue (dropped as stale).
         for i in range(5):
             send(10**9 * (i + 1))
-            client.wait_until(lambda: int(diagnostics(client).get('problems.tf', 0)) == i + 1, TIMEOUT,
+            client.wait_until(lambda: int(client.latest_diagnostics().get('problems.tf', 0)) == i + 1, TIMEOUT,
                               f'view {i + 1} skipped for missing TF')
         assert node.log().count('view skipped') == 1 and 'cam_depth' in node.log()
-        assert diagnostics(client)['views_in_memory'] == '0'
+        assert client.latest_diagnostics()['views_in_memory'] == '0'
 
         # 2. static TF: map -> colour camera, colour -> depth camera 5 cm to the right
         tf_static = client.node.create_publisher(TFMessage, '/tf_static', TF_STATIC_QOS)
         tf_static.publish(TFMessage(transforms=[transform('map', 'cam_color', (0.0, 0.0, 0.0)),
                                                 transform('cam_color', 'cam_depth', (0.05, 0.0, 0.0))]))
-        client.wait_until(lambda: 'cam_depth' in diagnostics(client).get('tf_frames', ''), TIMEOUT, 'static TF')
+        client.wait_until(lambda: 'cam_depth' in client.latest_diagnostics().get('tf_frames', ''), TIMEOUT, 'static TF')
         points = client.collect(PointCloud2, '/rig/adatoken3d/scene_points')
         send(10 * 10**9)
         client.wait_until(lambda: len(points) > 0, TIMEOUT, 'a scene with the reprojected view')
-        client.wait_until(lambda: diagnostics(client).get('views.depth_reprojected') == '1', TIMEOUT, 'counter')
-        values = diagnostics(client)
+        client.wait_until(lambda: client.latest_diagnostics().get('views.depth_reprojected') == '1', TIMEOUT, 'counter')
+        values = client.latest_diagnostics()
         cloud = np.frombuffer(bytes(points[-1].data), dtype=[('x', '<f4'), ('y', '<f4'), ('z', '<f4'),
                                                              ('view', '<u2')])
         assert len(cloud) > 400   # the 5 cm shift leaves a few columns without depth
@@ -143,7 +135,7 @@ def test_point_cloud_stands_in_for_depth(tiny_model, tmp_path):
         tf_static.publish(TFMessage(transforms=[transform('map', 'cam_color', (1.0, 0.0, 0.0)),
                                                 transform('cam_color', 'lidar', (0.1, 0.0, 0.0))]))
         points = client.collect(PointCloud2, '/lidar/adatoken3d/scene_points')
-        client.wait_until(lambda: 'lidar' in diagnostics(client).get('tf_frames', ''), TIMEOUT, 'static TF')
+        client.wait_until(lambda: 'lidar' in client.latest_diagnostics().get('tf_frames', ''), TIMEOUT, 'static TF')
         stamp = 5 * 10**9
         pubs['points'].publish(plane_cloud(stamp, 'lidar', 0.1))
         pubs['color_info'].publish(camera_info(stamp, 'cam_color'))

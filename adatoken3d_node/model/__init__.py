@@ -1,1 +1,1 @@
-"""ROS-free language-model core of adatoken3d: prompt, tiny test checkpoint, FLOPs accounting, generation engine."""
+"""ROS-free model code: LLaVA-3D (llava3d, loader, tiny_llava3d), the gated prefill (gating, flops), calibration and scene QA."""

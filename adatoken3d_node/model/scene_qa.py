@@ -7,7 +7,7 @@
 """
 import time
 from dataclasses import dataclass
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -29,6 +29,7 @@ class SceneAnswer:
     prefill_flops: float
     prefill_flops_dense: float
     gating: str                  # the policy that ran
+    tokens_per_layer: List[int]  # tokens whose attention and MLP ran in each layer
 
 
 class SceneAnswerer:
@@ -43,6 +44,9 @@ class SceneAnswerer:
         self.eos_token_ids = frozenset(eos + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []))
         self.num_layers = config.num_hidden_layers
         self.context = config.max_position_embeddings
+        # CLIP features per kept view, (stamp, frame) -> (P, C): a view's features never change, so the
+        # vision tower runs once per keyframe, not once per query; entries leave with their views.
+        self._view_features: Dict[Tuple[int, str], torch.Tensor] = {}
 
     @classmethod
     def load(cls, path, vision_tower_path=None, device='auto', dtype='auto', allow_pickle=False) -> 'SceneAnswerer':
@@ -64,6 +68,26 @@ class SceneAnswerer:
     def policy(self, text: str) -> GatingPolicy:
         return parse_gating(text, self.num_layers)
 
+    def spatial_embeddings(self, scene) -> torch.Tensor:
+        """model.spatial_embeddings(scene), with the CLIP features of views seen before reused."""
+        model = self.model
+        if scene.num_tokens == 0:
+            return torch.zeros(0, model.config.hidden_size, dtype=self.dtype, device=self.device)
+        keys = list(zip(scene.stamps_ns, scene.frame_ids))
+        missing = [i for i, key in enumerate(keys) if key not in self._view_features]
+        if missing:
+            for i, features in zip(missing, model.image_features(scene.images[missing])):
+                self._view_features[keys[i]] = features
+        self._view_features = {key: self._view_features[key] for key in keys}   # forget evicted views
+        features = torch.stack([self._view_features[key] for key in keys])      # (V, P, C)
+        return model.mm_projector(model.spatial_features(features, scene).to(self.dtype))   # (M, D)
+
+    def text_tokens(self, question: str) -> int:
+        """Text and location tokens of the prompt for this question (what a scene does not change)."""
+        empty = torch.zeros(0, self.model.config.hidden_size, dtype=self.dtype, device=self.device)
+        inputs = self.model.build_inputs(question, empty, self.tokenizer)
+        return inputs.num_text + inputs.num_location + 1   # + the newline after <image> in a scene prompt
+
     def _now(self) -> float:
         if self.device.type == 'cuda':
             torch.cuda.synchronize(self.device)   # kernels are asynchronous: time what ran
@@ -77,7 +101,7 @@ class SceneAnswerer:
         temperature 0 decodes greedily, > 0 samples (nucleus top_p) reproducibly from `seed`."""
         with torch.inference_mode():
             start = self._now()
-            spatial = self.model.spatial_embeddings(scene)                                # (M, D)
+            spatial = self.spatial_embeddings(scene)                                      # (M, D)
             inputs = self.model.build_inputs(question, spatial, self.tokenizer)
             vision_ms = (self._now() - start) * 1e3
             if inputs.num_tokens + max_new_tokens > self.context:
@@ -86,7 +110,7 @@ class SceneAnswerer:
                                  f'{self.context}; lower max_spatial_tokens or max_new_tokens')
             if should_stop is not None and should_stop():
                 return SceneAnswer('', [], 'cancelled', vision_ms, 0.0, 0.0, inputs.num_spatial, inputs.num_spatial,
-                                   inputs.num_text + inputs.num_location, 0.0, 0.0, str(policy))
+                                   inputs.num_text + inputs.num_location, 0.0, 0.0, str(policy), [])
 
             def stream(ids):
                 if on_token is not None:
@@ -104,7 +128,8 @@ class SceneAnswerer:
             vision_ms=vision_ms, prefill_ms=prefill.prefill_ms, decode_ms=decode_ms,
             spatial_tokens=inputs.num_spatial, spatial_tokens_kept=prefill.spatial_per_layer[-1],
             text_tokens=inputs.num_text + inputs.num_location, prefill_flops=prefill.prefill_flops,
-            prefill_flops_dense=prefill.prefill_flops_dense, gating=prefill.policy)
+            prefill_flops_dense=prefill.prefill_flops_dense, gating=prefill.policy,
+            tokens_per_layer=list(prefill.tokens_per_layer))
 
     def warmup(self, scene) -> None:
         """One short answer so the first real query does not pay for lazy initialisation."""

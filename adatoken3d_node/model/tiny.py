@@ -1,22 +1,18 @@
-"""A tiny, random-weight, *untrained* LLaMA checkpoint in the Hugging Face on-disk format.
+"""The tiny test tokenizer and the cache location of the tiny test checkpoints.
 
-It exists so that the engine, the node and the tests can run end to end without downloading
-anything: the files are exactly what `from_pretrained` reads for a real LLaMA / LLaVA-3D language
-model (config.json, generation_config.json, model.safetensors, a fast tokenizer), only small.
-Its answers are meaningless. `adatoken3d_tiny.json` marks it as untrained so a user is told so.
+The tiny random-weight LLaVA-3D (tiny_llava3d.py) uses what is here, so that the loader, the model
+and the node run end to end without downloading anything:
 
-    adatoken3d-make-tiny [OUT_DIR] [--seed N] [--force]
-    (OUT_DIR defaults to default_tiny_dir(), where the node looks when model_path is empty)
-
-Same seed => byte-identical model.safetensors and tokenizer.json.
+    build_tokenizer()                 byte-level BPE (VOCAB_SIZE tokens, SPECIAL_TOKENS first) trained on
+                                      CORPUS; encodes any text without unknowns; deterministic
+    _make_tokenizer_files_portable()  saved tokenizer files loadable by transformers 4.x and 5.x
+    default_tiny_dir()                the cache directory set-up writes the tiny models next to
+    MARKER                            adatoken3d_tiny.json, which marks a checkpoint as untrained
 """
 
-import argparse
 import json
 import os
 import pathlib
-import shutil
-import sys
 
 MARKER = "adatoken3d_tiny.json"
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]  # ids 0..3, LLaMA order plus a pad
@@ -119,118 +115,9 @@ def _make_tokenizer_files_portable(out: pathlib.Path, tokenizer) -> None:
     (out / "special_tokens_map.json").write_text(json.dumps(special, indent=2, sort_keys=True) + "\n")
 
 
-def is_tiny_checkpoint(out_dir, seed: int) -> bool:
-    """True when out_dir holds a complete tiny checkpoint made with this seed."""
-    out = pathlib.Path(out_dir)
-    try:
-        marker = json.loads((out / MARKER).read_text())
-    except (OSError, ValueError):
-        return False
-    needed = ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json"]
-    needed += ["tokenizer_config.json"]
-    return (
-        marker.get("kind") == "tiny-random"
-        and marker.get("seed") == seed
-        and all((out / name).is_file() for name in needed)
-    )
-
-
-def create_tiny_checkpoint(out_dir, seed: int = 0) -> pathlib.Path:
-    """Write a random-weight tiny LLaMA checkpoint plus tokenizer to out_dir; return the path."""
-    import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
-    from transformers.utils import logging as hf_logging
-
-    out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    # The marker is removed first and written last, so an interrupted run never looks complete.
-    (out / MARKER).unlink(missing_ok=True)
-
-    tokenizer = build_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=176,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,  # 2 query heads per kv head: grouped-query attention, as in larger LLaMAs
-        max_position_embeddings=2048,
-        tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        do_sample=False,
-    )
-    # A one-file tiny checkpoint needs no "Writing model shards" progress bar.
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        model.save_pretrained(out, safe_serialization=True)
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
-    tokenizer.save_pretrained(out)
-    _make_tokenizer_files_portable(out, tokenizer)
-
-    marker = {
-        "kind": "tiny-random",
-        "seed": seed,
-        "trained": False,
-        "note": "Random weights, never trained: answers are meaningless. For tests and plumbing only; "
-        "made by adatoken3d_node.model.tiny.",
-    }
-    (out / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-    return out
-
-
 def default_tiny_dir() -> pathlib.Path:
-    """Where set-up puts the tiny model and where the node looks when model_path is empty."""
+    """$ADATOKEN3D_CACHE (default ~/.cache/adatoken3d)/tiny-random-seed0. Its parent is the cache where
+    set-up puts the tiny models: tiny_llava3d.default_tiny_llava3d_dir() is a sibling of this path."""
     cache = os.environ.get("ADATOKEN3D_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "adatoken3d")
     return pathlib.Path(cache) / "tiny-random-seed0"
-
-
-def ensure_tiny_checkpoint(out_dir, seed: int = 0) -> pathlib.Path:
-    """The tiny checkpoint at out_dir, created there if missing; safe when several processes race."""
-    out = pathlib.Path(out_dir)
-    if is_tiny_checkpoint(out, seed):
-        return out
-    staging = out.with_name(f"{out.name}.tmp{os.getpid()}")
-    create_tiny_checkpoint(staging, seed)
-    shutil.rmtree(out, ignore_errors=True)   # an incomplete earlier attempt
-    try:
-        os.rename(staging, out)
-    except OSError:                          # another process finished first
-        shutil.rmtree(staging, ignore_errors=True)
-    if not is_tiny_checkpoint(out, seed):
-        raise RuntimeError(f"could not create the tiny checkpoint at {out}")
-    return out
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="adatoken3d-make-tiny",
-        description="Create a tiny random-weight (untrained) LLaMA checkpoint for tests.",
-    )
-    parser.add_argument("out_dir", type=pathlib.Path, nargs="?", default=default_tiny_dir())
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--force", action="store_true", help="recreate even if it already exists")
-    args = parser.parse_args(argv)
-
-    if not args.force and is_tiny_checkpoint(args.out_dir, args.seed):
-        print(f"tiny checkpoint (seed {args.seed}) already at {args.out_dir}; nothing to do (use --force to recreate)")
-        return 0
-    path = create_tiny_checkpoint(args.out_dir, seed=args.seed)
-    print(f"created tiny random-weight checkpoint (seed {args.seed}, untrained) at {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

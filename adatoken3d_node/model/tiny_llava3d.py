@@ -54,7 +54,7 @@ def _read_marker(path: pathlib.Path) -> dict:
         return {}
 
 
-def released_config(tokenizer, clip_dir, mm_hidden_size: int) -> dict:
+def released_config(tokenizer, clip_dir, mm_hidden_size: int, llama=None) -> dict:
     """config.json as LLaVA-3D's released one is written (transformers 4.37 key names), tiny sizes."""
     return {
         "architectures": ["LlavaLlamaForCausalLM"],
@@ -74,7 +74,7 @@ def released_config(tokenizer, clip_dir, mm_hidden_size: int) -> dict:
         "torch_dtype": "bfloat16",
         "use_cache": True,
         "vocab_size": len(tokenizer),
-        **TINY_LLAMA,
+        **(llama or TINY_LLAMA),
         "image_aspect_ratio": "pad",
         "mm_hidden_size": mm_hidden_size,
         "mm_patch_merge_type": "flat",
@@ -121,8 +121,9 @@ def create_tiny_clip(clip_dir, seed: int = 0) -> pathlib.Path:
     return out
 
 
-def _create_llava_part(out_dir, clip_dir, seed: int) -> pathlib.Path:
-    """Write the LLaVA-3D part to out_dir; its config points at clip_dir (must already exist)."""
+def _create_llava_part(out_dir, clip_dir, seed: int, llama=None) -> pathlib.Path:
+    """Write the LLaVA-3D part to out_dir; its config points at clip_dir (must already exist).
+    llama: LLaMA sizes replacing TINY_LLAMA (e.g. a bigger random model for latency tests)."""
     import torch
     from safetensors.torch import save_file
     from transformers import CLIPVisionConfig, CLIPVisionModel, GenerationConfig
@@ -136,7 +137,7 @@ def _create_llava_part(out_dir, clip_dir, seed: int) -> pathlib.Path:
 
     tokenizer = build_tokenizer()
     clip_config = CLIPVisionConfig.from_pretrained(clip_dir)
-    raw = released_config(tokenizer, clip_dir, clip_config.hidden_size)
+    raw = released_config(tokenizer, clip_dir, clip_config.hidden_size, llama)
     config = Llava3DConfig.from_dict(raw)
     with torch.device("meta"):  # only its width matters here; CLIP weights live in clip_dir
         tower = CLIPVisionModel(clip_config)
@@ -165,10 +166,11 @@ def _create_llava_part(out_dir, clip_dir, seed: int) -> pathlib.Path:
     return out
 
 
-def create_tiny_llava3d(out_dir, clip_dir, seed: int = 0) -> pathlib.Path:
-    """Write the tiny CLIP to clip_dir and the tiny LLaVA-3D (pointing at it) to out_dir; return out_dir."""
+def create_tiny_llava3d(out_dir, clip_dir, seed: int = 0, llama=None) -> pathlib.Path:
+    """Write the tiny CLIP to clip_dir and the tiny LLaVA-3D (pointing at it) to out_dir; return out_dir.
+    llama: LLaMA sizes replacing TINY_LLAMA's (hidden_size, num_hidden_layers, ...), for a bigger random model."""
     create_tiny_clip(clip_dir, seed)
-    return _create_llava_part(out_dir, clip_dir, seed)
+    return _create_llava_part(out_dir, clip_dir, seed, llama)
 
 
 def is_tiny_clip(clip_dir, seed: int) -> bool:

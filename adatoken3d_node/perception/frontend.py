@@ -78,6 +78,7 @@ class SceneFrontEnd:
             raise ValueError(f'image_size {config.image_size} is not a multiple of patch_grid {config.patch_grid}')
         self.config = config
         self.memory = KeyframeMemory(config.keyframes)
+        self._last_scene: Optional[Tuple[Tuple[View, ...], 'SceneGeometry']] = None   # memoised snapshot
 
     def add_view(self, rgb: np.ndarray, depth: np.ndarray, K: np.ndarray, pose: np.ndarray, stamp_ns: int,
                  frame_id: str = '') -> str:
@@ -109,8 +110,20 @@ class SceneFrontEnd:
         self.scene(())
 
     def scene(self, views: Optional[Tuple[View, ...]] = None) -> SceneGeometry:
-        """Voxel tokens of a consistent snapshot of the memory (or of the given views)."""
+        """Voxel tokens of a consistent snapshot of the memory (or of the given views).
+
+        Memoised on the views themselves: queries about an unchanged memory reuse the last result
+        instead of pooling and capping again (views are immutable, so identity is enough).
+        """
         views = self.memory.snapshot() if views is None else views
+        cached = self._last_scene
+        if cached is not None and len(cached[0]) == len(views) and all(a is b for a, b in zip(cached[0], views)):
+            return cached[1]
+        scene = self._build_scene(views)
+        self._last_scene = (views, scene)
+        return scene
+
+    def _build_scene(self, views: Tuple[View, ...]) -> SceneGeometry:
         size, patches = self.config.image_size, self.config.patch_grid ** 2
         if not views:
             empty = voxel_pool(torch.zeros(0, 0), torch.zeros(0, 3), self.config.voxel_size,

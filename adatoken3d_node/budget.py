@@ -1,0 +1,239 @@
+"""Choosing how hard to prune so that an answer fits a latency budget. ROS-free.
+
+A query's time is   queue (already spent) + scene + vision + prefill(kept tokens) + decode(max_new_tokens).
+The cost model predicts each term for the loaded model on this device:
+
+    vision_ms                    a line in the number of views (CLIP runs once per new keyframe)
+    prefill_ms = a * linear GFLOP + a' * attention GFLOP + b + c * cuts
+                                 from the token counts that would run in each layer: projections and
+                                 MLP grow with n, attention with n^2 and runs at another speed on most
+                                 kernels; cuts = pruning layers (scoring, top-k, gathers cost a little
+                                 each); one least-squares fit covers dense and every pruned shape
+    decode_ms  = n * (c + d * cache_tokens / 1000)   per generated token, cache_tokens = mean cache length
+
+It is fitted at configure from a short warm-up sweep over prompt lengths (dense and pruned prefills
+of synthetic embeddings) and refitted online from every answered query (a sliding window), and its
+relative error on the prefill + decode prediction is tracked and reported.
+
+The controller prunes with one family of schedules, cuts at L/4, L/2 and 3L/4 keeping r^(1/3), r^(2/3)
+and r of the spatial tokens (the AdaToken-3D shape), and picks the largest keep ratio r (the least
+pruning) whose predicted total fits the time the budget has left less a safety margin learnt from the
+recent prediction errors, never below `min_keep_ratio`. When even that floor
+does not fit, the query runs at the floor and is answered late: deadline_met (measured) says so.
+"""
+import collections
+import math
+import threading
+from dataclasses import dataclass
+from typing import Deque, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .model.flops import LlamaShape, prefill_flops
+
+
+def budget_schedule_layers(num_layers: int) -> List[int]:
+    return sorted({max(1, min(num_layers - 1, x)) for x in (num_layers // 4, num_layers // 2, 3 * num_layers // 4)})
+
+
+def budget_schedule(num_layers: int, keep_ratio: float) -> str:
+    """The schedule family the controller picks from: stage i of k keeps keep_ratio^(i/k)."""
+    layers = budget_schedule_layers(num_layers)
+    k = len(layers)
+    return 'schedule:' + ','.join(f'{layer}:{keep_ratio ** ((i + 1) / k):.4f}' for i, layer in enumerate(layers))
+
+
+def tokens_per_layer(num_layers: int, text: int, spatial: int, keep_ratio: float) -> List[int]:
+    """Tokens entering each layer under budget_schedule(num_layers, keep_ratio)."""
+    layers = budget_schedule_layers(num_layers)
+    counts, n = [], text + spatial
+    for layer in range(num_layers):
+        if layer in layers:
+            stage = layers.index(layer) + 1
+            ratio = round(keep_ratio ** (stage / len(layers)), 4)
+            n = text + math.ceil(round(ratio * spatial, 6))
+        counts.append(n)
+    return counts
+
+
+def prefill_features(shape: LlamaShape, counts: Sequence[int]) -> np.ndarray:
+    """(linear GFLOP, attention GFLOP, 1, cuts) of a prefill with counts[i] tokens entering layer i."""
+    q_dim = shape.num_heads * shape.head_dim
+    attention = sum(4.0 * n * n * q_dim for n in counts)
+    linear = prefill_flops(shape, list(counts)) - attention
+    return np.array([linear / 1e9, attention / 1e9, 1.0, cuts_of(counts)])
+
+
+def cuts_of(counts: Sequence[int]) -> int:
+    """Pruning layers in a run: where fewer tokens enter than the layer before."""
+    return sum(1 for before, after in zip(counts, counts[1:]) if after < before)
+
+
+@dataclass
+class Observation:
+    prefill_features: np.ndarray      # prefill_features(shape, tokens per layer)
+    prefill_ms: float
+    decode_tokens: int
+    mean_cache_tokens: float
+    decode_ms: float
+
+
+class CostModel:
+    """Predicts prefill and decode time from token counts; refitted from observations (thread-safe)."""
+
+    def __init__(self, shape: LlamaShape, window: int = 64):
+        self.shape = shape
+        self._obs: Deque[Observation] = collections.deque(maxlen=window)
+        self._lock = threading.Lock()
+        self.prefill_coef = np.zeros(4)   # ms per linear GFLOP, per attention GFLOP, ms, ms per cut
+        self.decode_coef = (0.0, 0.0)    # ms per token, ms per token per 1000 cached tokens
+        self.scene_ms = 0.0
+        self.vision_ms_per_view = 0.0
+        self.vision_ms_base = 0.0
+        self._vision: Deque[Tuple[int, float]] = collections.deque(maxlen=window)
+        self._errors: Deque[float] = collections.deque(maxlen=window)   # (actual - predicted) / actual
+
+    # ---------------------------------------------------------------- fitting
+    def add(self, obs: Observation) -> None:
+        with self._lock:
+            self._obs.append(obs)
+            self._fit()
+
+    def add_stage_times(self, num_views: int, scene_ms: float, vision_ms: float) -> None:
+        with self._lock:
+            self.scene_ms = scene_ms if not self._vision else 0.8 * self.scene_ms + 0.2 * scene_ms
+            self._vision.append((num_views, vision_ms))
+            views = np.array([v for v, _ in self._vision], dtype=float)
+            times = np.array([t for _, t in self._vision], dtype=float)
+            if len(set(views.tolist())) > 1:
+                slope, intercept = np.polyfit(views, times, 1)
+                self.vision_ms_per_view, self.vision_ms_base = max(slope, 0.0), max(intercept, 0.0)
+            else:
+                self.vision_ms_base, self.vision_ms_per_view = float(times.mean()), 0.0
+
+    def _fit(self) -> None:
+        obs = list(self._obs)
+        y = np.array([o.prefill_ms for o in obs])
+        X = np.stack([o.prefill_features for o in obs])
+        if np.linalg.matrix_rank(X) == X.shape[1]:
+            self.prefill_coef = np.maximum(np.linalg.lstsq(X, y, rcond=None)[0], 0.0)   # no negative costs
+        else:   # too few distinct shapes yet: time proportional to FLOPs
+            per_gflop = float(y.mean() / max(X[:, :2].sum(axis=1).mean(), 1e-9))
+            self.prefill_coef = np.array([per_gflop, per_gflop, 0.0, 0.0])
+        steps = [o for o in obs if o.decode_tokens > 0]
+        if steps:
+            per_token = np.array([o.decode_ms / o.decode_tokens for o in steps])
+            cache = np.array([o.mean_cache_tokens / 1000 for o in steps])
+            if len(set(cache.tolist())) > 1:
+                d, c = np.polyfit(cache, per_token, 1)
+                self.decode_coef = (max(c, 0.0), max(d, 0.0))
+            else:
+                self.decode_coef = (float(per_token.mean()), 0.0)
+
+    # ---------------------------------------------------------------- predicting
+    def prefill_ms(self, counts: Sequence[int]) -> float:
+        return float(self.prefill_coef @ prefill_features(self.shape, counts))
+
+    def decode_ms(self, new_tokens: int, cache_tokens: float) -> float:
+        c, d = self.decode_coef
+        return max(new_tokens - 1, 0) * (c + d * cache_tokens / 1000)   # the first token comes from prefill
+
+    def vision_ms(self, num_views: int) -> float:
+        return self.vision_ms_base + self.vision_ms_per_view * num_views
+
+    def record_error(self, predicted_ms: float, actual_ms: float) -> None:
+        if actual_ms > 0:
+            with self._lock:
+                self._errors.append((actual_ms - predicted_ms) / actual_ms)
+
+    def mean_relative_error(self) -> Optional[float]:
+        """Mean |actual - predicted| / actual of the budgeted queries' prefill + decode time."""
+        with self._lock:
+            return float(np.mean(np.abs(self._errors))) if self._errors else None
+
+    def safety_margin(self) -> float:
+        """How far under the time left to aim: the 80th percentile of recent under-predictions, within
+        [3%, 30%] (10% until a few budgeted queries were seen). Noisy timings widen it by themselves."""
+        with self._lock:
+            if len(self._errors) < 3:
+                return 0.10
+            return float(np.clip(np.quantile(self._errors, 0.8), 0.03, 0.30))
+
+
+@dataclass(frozen=True)
+class BudgetDecision:
+    keep_ratio: float
+    policy_text: str             # the schedule to run ('none' when nothing needs pruning)
+    predicted_ms: float          # predicted from now: vision + prefill + decode
+    predicted_model_ms: float    # prefill + decode part (what the error is tracked on)
+    fits: bool                   # False: even the floor is predicted to miss the budget
+
+
+class BudgetController:
+    def __init__(self, cost: CostModel, min_keep_ratio: float = 0.1):
+        self.cost = cost
+        self.min_keep_ratio = min_keep_ratio
+
+    def predict(self, keep_ratio: float, text: int, spatial: int, num_views: int,
+                new_tokens: int) -> Tuple[float, float]:
+        """(vision + prefill + decode ms, prefill + decode ms) predicted for a query at this keep ratio
+        (the scene snapshot is taken before deciding: its time is already spent, not predicted)."""
+        L = self.cost.shape.num_layers
+        counts = tokens_per_layer(L, text, spatial, keep_ratio) if keep_ratio < 1 else [text + spatial] * L
+        model_ms = self.cost.prefill_ms(counts) + self.cost.decode_ms(new_tokens, float(np.mean(counts)))
+        return self.cost.vision_ms(num_views) + model_ms, model_ms
+
+    def decide(self, remaining_ms: float, text: int, spatial: int, num_views: int, new_tokens: int) -> BudgetDecision:
+        """The least pruning predicted to finish within remaining_ms (the budget minus the time already
+        spent on this query: queue and scene snapshot)."""
+        L = self.cost.shape.num_layers
+        # Aim under the time left: the prediction is a mean, and publishing the answer after the model
+        # is done takes a few ms the cost model does not see.
+        remaining_ms = remaining_ms * (1 - self.cost.safety_margin())
+        total, model = self.predict(1.0, text, spatial, num_views, new_tokens)
+        if total <= remaining_ms or spatial == 0:
+            return BudgetDecision(1.0, 'none', total, model, total <= remaining_ms)
+        low_total, low_model = self.predict(self.min_keep_ratio, text, spatial, num_views, new_tokens)
+        if low_total > remaining_ms:
+            return BudgetDecision(self.min_keep_ratio, budget_schedule(L, self.min_keep_ratio), low_total,
+                                  low_model, False)
+        lo, hi = self.min_keep_ratio, 1.0        # predicted time grows with the keep ratio: bisect
+        for _ in range(20):
+            mid = (lo + hi) / 2
+            if self.predict(mid, text, spatial, num_views, new_tokens)[0] <= remaining_ms:
+                lo = mid
+            else:
+                hi = mid
+        total, model = self.predict(lo, text, spatial, num_views, new_tokens)
+        return BudgetDecision(lo, budget_schedule(L, lo), total, model, True)
+
+
+def warmup_sweep(answerer, cost: CostModel, max_spatial: int, text_tokens: int = 100, new_tokens: int = 4,
+                 points: int = 4) -> None:
+    """Measure the loaded model on this device: dense and pruned prefills of synthetic prompts of a few
+    lengths up to max_spatial spatial tokens, a few decode steps each, and the vision tower on 1 and 2
+    views; fill `cost` from what was measured (configure time, so the first query is predicted too)."""
+    import torch
+    from .model.gating import parse_gating
+    model, gated = answerer.model, answerer.gated
+    L = cost.shape.num_layers
+    hidden = model.language_model.config.hidden_size
+    generator = torch.Generator().manual_seed(0)
+    lengths = sorted({max(1, int(max_spatial * (i + 1) / points)) for i in range(points)})
+    with torch.inference_mode():
+        for spatial in lengths:
+            embeds = (torch.randn(1, text_tokens + spatial, hidden, generator=generator) * 0.02).to(
+                device=model.device, dtype=model.dtype)
+            mask = torch.zeros(text_tokens + spatial, dtype=torch.bool, device=model.device)
+            mask[text_tokens // 2:text_tokens // 2 + spatial] = True
+            for ratio in (1.0, 0.5, 0.25, 0.1):
+                policy = parse_gating('none' if ratio == 1.0 else budget_schedule(L, ratio), L)
+                ids, pre, decode_ms = gated.generate(embeds, mask, policy, new_tokens)
+                cost.add(Observation(prefill_features(cost.shape, pre.tokens_per_layer), pre.prefill_ms,
+                                     len(ids) - 1, float(np.mean(pre.tokens_per_layer)) + len(ids) / 2, decode_ms))
+        size = model.image_size
+        for views in (1, 2):
+            images = torch.zeros(views, size, size, 3, dtype=torch.uint8)
+            start = answerer._now()
+            model.image_features(images)
+            cost.add_stage_times(views, 0.0, (answerer._now() - start) * 1e3)

@@ -1,0 +1,135 @@
+"""The real-time budget: a bigger random LLaVA-3D (dense prefill takes measurable time on this CPU, no
+artificial slow-down), a scene of ~1500 spatial tokens published live over DDS, and queries with budgets
+that dense inference misses."""
+import math
+import statistics
+
+import numpy as np
+import pytest
+import yaml
+
+rclpy = pytest.importorskip('rclpy', reason='needs rclpy (make test installs it)')
+
+from geometry_msgs.msg import TransformStamped  # noqa: E402
+from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
+from tf2_msgs.msg import TFMessage  # noqa: E402
+
+from adatoken3d_node import budget, names, parameters  # noqa: E402
+from adatoken3d_node.client import NodeProcess, QueryClient  # noqa: E402
+from adatoken3d_node.model.flops import LlamaShape  # noqa: E402
+from adatoken3d_node.model.tiny_llava3d import create_tiny_llava3d  # noqa: E402
+
+MEDIUM = dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=8, num_attention_heads=6,
+              num_key_value_heads=6, max_position_embeddings=4096)
+W, H, VIEWS, TIMEOUT = 160, 120, 10, 180.0
+K = [100.0, 0.0, 79.5, 0.0, 100.0, 59.5, 0.0, 0.0, 1.0]
+QUESTION = 'Describe the room.'
+
+
+def stamped(msg, stamp_ns, frame):
+    msg.header.stamp.sec, msg.header.stamp.nanosec = stamp_ns // 10**9, stamp_ns % 10**9
+    msg.header.frame_id = frame
+    return msg
+
+
+@pytest.fixture(scope='module')
+def node_with_scene(tmp_path_factory):
+    root = tmp_path_factory.mktemp('medium')
+    model = create_tiny_llava3d(root / 'model', root / 'clip', seed=0, llama=MEDIUM)
+    values = parameters.defaults()
+    values.update(keyframe_min_translation_m=0.0, keyframe_min_rotation_deg=0.0, max_views=VIEWS, voxel_size=0.1,
+                  max_spatial_tokens=1500, max_new_tokens=4, tf_timeout_s=1.0, budget_min_keep_ratio=0.1)
+    params = root / 'params.yaml'
+    params.write_text(yaml.safe_dump({'/**': {'ros__parameters': values}}))
+    node = NodeProcess(['namespace:=budget', f'model_path:={model}', f'params_file:={params}'],
+                       log_path=str(root / 'node.log')).start()
+    client = QueryClient(namespace='budget', name='budget_client')
+    try:
+        client.wait_for_node(timeout=TIMEOUT)
+        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        pubs = {key: client.node.create_publisher(msg_type, f'/budget/{names.SENSOR_TOPICS[key]}', qos)
+                for key, msg_type in (('color_image', Image), ('color_info', CameraInfo), ('depth_image', Image),
+                                      ('depth_info', CameraInfo))}
+        tf = client.node.create_publisher(TFMessage, '/tf', QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
+        client.wait_until(lambda: all(p.get_subscription_count() > 0 for p in [*pubs.values(), tf]), TIMEOUT,
+                          'the node to subscribe')
+        rng = np.random.default_rng(0)
+        for i in range(VIEWS):   # a camera moving along x, looking at random surfaces 1-5 m away
+            stamp = (i + 1) * 10**9
+            link = stamped(TransformStamped(child_frame_id='cam'), stamp, 'map')
+            link.transform.translation.x, link.transform.rotation.w = 0.6 * i, 1.0
+            tf.publish(TFMessage(transforms=[link]))
+            depth = (rng.uniform(1.0, 5.0, (H, W)) * 1000).astype(np.uint16)
+            rgb = rng.integers(0, 255, (H, W, 3), dtype=np.uint8)
+            pubs['color_info'].publish(stamped(CameraInfo(width=W, height=H, k=K), stamp, 'cam'))
+            pubs['depth_info'].publish(stamped(CameraInfo(width=W, height=H, k=K), stamp, 'cam'))
+            pubs['depth_image'].publish(stamped(Image(width=W, height=H, encoding='16UC1', step=2 * W,
+                                                      data=depth.tobytes()), stamp, 'cam'))
+            pubs['color_image'].publish(stamped(Image(width=W, height=H, encoding='rgb8', step=3 * W,
+                                                      data=rgb.tobytes()), stamp, 'cam'))
+            client.wait_until(lambda: client.latest_diagnostics().get('views.views_kept') == str(i + 1), TIMEOUT,
+                              f'view {i + 1} kept')
+        client.wait_until(lambda: client.latest_diagnostics().get('scene.views') == str(VIEWS), TIMEOUT, 'the scene')
+        yield client, node, model
+    finally:
+        client.close()
+        node.stop()
+
+
+def kept_share(response):
+    return response.metrics.spatial_tokens_kept / response.metrics.spatial_tokens
+
+
+def test_budgets_that_dense_misses_are_met_by_pruning_that_grows_as_the_budget_shrinks(node_with_scene):
+    client, node, model = node_with_scene
+    dense = [client.query(QUESTION, timeout=TIMEOUT) for _ in range(3)]
+    assert all(r.success and r.metrics.spatial_tokens == 1500 for r in dense)
+    assert all(r.metrics.spatial_tokens_kept == 1500 and r.metrics.gating == 'none' for r in dense)
+    dense_ms = statistics.median(r.metrics.total_ms for r in dense)
+    shares = []
+    for fraction in (0.85, 0.65):
+        budget_ms = fraction * dense_ms
+        assert sum(r.metrics.total_ms > budget_ms for r in dense) >= 2     # dense misses this budget
+        responses = [client.query(QUESTION, latency_budget_ms=budget_ms, timeout=TIMEOUT) for _ in range(5)]
+        assert all(r.success for r in responses), [r.error for r in responses]
+        assert sum(r.metrics.deadline_met for r in responses) >= 3, (budget_ms, [
+            (r.metrics.total_ms, r.metrics.vision_ms, r.metrics.prefill_ms, r.metrics.decode_ms, r.metrics.gating)
+            for r in responses])
+        assert all(r.metrics.latency_budget_ms == pytest.approx(budget_ms) for r in responses)
+        assert all(r.metrics.gating.startswith(f'budget {budget_ms:.0f} ms: keep') for r in responses)
+        shares.append(statistics.median(kept_share(r) for r in responses))
+    assert 1.0 > shares[0] > shares[1] >= 0.1, shares   # 0.1: the floor (budget_min_keep_ratio)
+    error = float(client.latest_diagnostics()['budget.prediction_error'])
+    assert error < 0.25, f'mean relative error of the predicted prefill + decode time: {error:.2f}'
+
+
+def test_an_unreachable_budget_runs_at_the_floor_and_is_answered_late(node_with_scene):
+    client, _, model = node_with_scene
+    response = client.query(QUESTION, latency_budget_ms=1.0, timeout=TIMEOUT)
+    assert response.success and not response.metrics.deadline_met
+    assert 'floor' in response.metrics.gating
+    assert response.metrics.spatial_tokens_kept == math.ceil(0.1 * response.metrics.spatial_tokens)
+
+
+def test_controller_picks_the_least_pruning_that_fits():
+    """Unit check of the decision rule on a hand-set cost model: linear in FLOPs, no decode cost."""
+    shape = LlamaShape(hidden=64, intermediate=176, num_layers=8, num_heads=4, num_kv_heads=4, head_dim=16, vocab=100)
+    cost = budget.CostModel(shape)
+    cost.prefill_coef = np.array([1000.0, 1000.0, 0.0, 0.0])   # 1 ms per MFLOP, no cost per cut
+    controller = budget.BudgetController(cost, min_keep_ratio=0.1)
+    dense_ms, _ = controller.predict(1.0, 50, 1000, 4, 1)
+    margin = cost.safety_margin()
+    assert margin == 0.10                                   # before any budgeted query was seen
+    assert controller.decide(dense_ms / (1 - margin) + 1, 50, 1000, 4, 1).policy_text == 'none'
+    tight = controller.decide(0.75 * dense_ms, 50, 1000, 4, 1)
+    tighter = controller.decide(0.6 * dense_ms, 50, 1000, 4, 1)
+    assert tight.fits and tighter.fits and 1.0 > tight.keep_ratio > tighter.keep_ratio >= 0.1
+    for decision, limit in ((tight, 0.75 * dense_ms), (tighter, 0.6 * dense_ms)):
+        aim = limit * (1 - margin)
+        assert decision.predicted_ms <= aim
+        # least pruning: keeping a bit more would not fit
+        assert controller.predict(decision.keep_ratio + 0.01, 50, 1000, 4, 1)[0] > aim
+    floor = controller.decide(1.0, 50, 1000, 4, 1)
+    assert not floor.fits and floor.keep_ratio == 0.1
+    assert floor.policy_text == budget.budget_schedule(8, 0.1) == 'schedule:2:0.4642,4:0.2154,6:0.1000'
