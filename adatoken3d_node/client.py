@@ -85,6 +85,7 @@ class QueryClient:
         self.node = rclpy.create_node(name, context=self.context)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
+        self.node_name = names.private_name('~/', namespace).rstrip('/')    # /<namespace>/adatoken3d
         self.query_service = names.private_name(names.QUERY_SERVICE, namespace)
         self.ask_action = names.private_name(names.ASK_ACTION, namespace)
         self._query = self.node.create_client(Query, self.query_service, qos_profile=QUERY_QOS)
@@ -101,13 +102,18 @@ class QueryClient:
         self._spinner = threading.Thread(target=self._spin, daemon=True)
         self._spinner.start()
 
-    def latest_diagnostics(self, node_name: str = names.NODE_NAME) -> Dict[str, str]:
-        """Key-values of the newest /diagnostics status of the node (empty before the first one)."""
+    def latest_status(self):
+        """The newest /diagnostics status of this client's node, or None before the first one."""
         for array in reversed(self.diagnostics):
             for status in array.status:
-                if status.name.startswith(node_name):
-                    return {kv.key: kv.value for kv in status.values}
-        return {}
+                if status.name.startswith(f'{self.node_name}:'):
+                    return status
+        return None
+
+    def latest_diagnostics(self) -> Dict[str, str]:
+        """Key-values of the newest /diagnostics status of this client's node (empty before the first one)."""
+        status = self.latest_status()
+        return {kv.key: kv.value for kv in status.values} if status is not None else {}
 
     def collect(self, msg_type, topic: str, qos=OUTPUT_QOS) -> list:
         """Subscribe to any topic; returns the list its messages are appended to."""

@@ -370,7 +370,7 @@ class Adatoken3dNode(LifecycleNode):
     # ------------------------------------------------------------------ diagnostics
     def _publish_diagnostics(self) -> None:
         worker = self._worker
-        status = DiagnosticStatus(name=f'{self.get_name()}: query engine', hardware_id=str(
+        status = DiagnosticStatus(name=f'{self.get_fully_qualified_name()}: query engine', hardware_id=str(
             self._pipeline.answerer.device) if self._pipeline else '')
         values = {
             'state': 'active' if self._accepting else 'inactive',

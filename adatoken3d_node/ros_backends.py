@@ -62,15 +62,21 @@ class MessageFiltersSync:
     """message_filters.ApproximateTimeSynchronizer fed by hand through one SimpleFilter per key."""
 
     def __init__(self, keys: Sequence[str], slop_s: float, queue_size: int = 10):
-        import message_filters
         self.keys = list(keys)
-        self._inputs = {key: message_filters.SimpleFilter() for key in self.keys}
-        self._sync = message_filters.ApproximateTimeSynchronizer(
-            [self._inputs[key] for key in self.keys], queue_size, slop_s)
-        self._sync.registerCallback(self._on_set)
+        self._slop_s, self._queue_size = slop_s, queue_size
         self._lock = threading.Lock()
         self._completed: List[Dict[str, Any]] = []
         self.dropped: Dict[str, int] = {}   # message_filters does not report what it discards
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget queued messages (time went backwards): a new synchroniser."""
+        import message_filters
+        with self._lock:
+            self._inputs = {key: message_filters.SimpleFilter() for key in self.keys}
+            self._sync = message_filters.ApproximateTimeSynchronizer(
+                [self._inputs[key] for key in self.keys], self._queue_size, self._slop_s)
+            self._sync.registerCallback(self._on_set)
 
     def _on_set(self, *msgs) -> None:
         self._completed.append(dict(zip(self.keys, msgs)))

@@ -92,8 +92,9 @@ class SensorPipeline:
             if not static and newest is not None and stamp < newest - TIME_JUMP_BACK_S * 1e9:
                 self._report('time_jump', f'/tf stamp {stamp / 1e9:.3f} s is {(newest - stamp) / 1e9:.1f} s '
                              'older than the newest: time went backwards (looped bag or restarted clock); '
-                             'clearing the TF buffer and the scene memory')
+                             'clearing the TF buffer, the time sync and the scene memory')
                 self.tf.clear()
+                self.sync.clear()   # it would drop the new timeline's messages as late
                 self.frontend.memory.clear()
                 self._newest_tf_ns = None
             if not static:

@@ -6,7 +6,6 @@ import pytest
 rclpy = pytest.importorskip('rclpy', reason='needs rclpy (make test installs it)')
 
 from action_msgs.msg import GoalStatus  # noqa: E402
-from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from lifecycle_msgs.msg import State  # noqa: E402
 from lifecycle_msgs.srv import GetState  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
@@ -19,13 +18,6 @@ COLOR_REMAP = '/camera/color/image_raw'
 MAX_NEW = 12
 START_TIMEOUT = 120.0   # torch import + model load + warm-up on a loaded 2-core CI machine
 CALL_TIMEOUT = 60.0
-
-
-def diagnostics_values(array: DiagnosticArray, node_name: str = 'adatoken3d'):
-    for status in array.status:
-        if status.name.startswith(node_name):
-            return status, {kv.key: kv.value for kv in status.values}
-    return None, {}
 
 
 @pytest.fixture(scope='module')
@@ -181,15 +173,13 @@ def test_diagnostics_report_the_node_and_remapped_sensor_and_tf_traffic(client):
     def sent_and_seen():
         image_pub.publish(Image(height=1, width=1, encoding='rgb8', step=3, data=[1, 2, 3]))
         tf_pub.publish(TFMessage(transforms=[TransformStamped(child_frame_id='camera')]))
-        time.sleep(0.01)
-        for array in reversed(client.diagnostics):
-            status, values = diagnostics_values(array)
-            if status is not None:
-                return int(values['messages.color_image']) > 0 and int(values['messages.tf']) > 0
-        return False
+        time.sleep(0.01)   # publishing pace while waiting, not a wait for a condition
+        values = client.latest_diagnostics()
+        return int(values.get('messages.color_image', 0)) > 0 and int(values.get('messages.tf', 0)) > 0
 
     client.wait_until(sent_and_seen, CALL_TIMEOUT, 'diagnostics counting remapped image and /tf messages')
-    status, values = diagnostics_values(client.diagnostics[-1])
+    status, values = client.latest_status(), client.latest_diagnostics()
+    assert status.name == '/robot/adatoken3d: query engine'
     assert status.level == status.WARN and 'untrained' in status.message
     assert values['state'] == 'active' and values['gating'] == 'none'
     assert int(values['queries_answered']) >= 1 and 'latency_p50_ms' in values
@@ -240,7 +230,20 @@ def test_lifecycle_transitions_without_autostart(tiny_model, tmp_path):
         client.wait_until(lambda: not query_service_offered(), CALL_TIMEOUT, 'the query service to go away')
         assert transition(Transition.TRANSITION_CLEANUP) and state() == State.PRIMARY_STATE_UNCONFIGURED
         assert 'cleaned up: model freed' in process.log()
-        # configure again after cleanup: the way a model is swapped at run time
+        # swap the model at run time: set model_path while unconfigured, then configure again
+        from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+        from rcl_interfaces.srv import SetParameters
+        from adatoken3d_node.model.tiny_llava3d import create_tiny_llava3d
+        second = create_tiny_llava3d(tmp_path / 'second', tmp_path / 'second-clip', seed=1)
+        set_parameters = client.node.create_client(SetParameters, '/manual/adatoken3d/set_parameters')
+        assert set_parameters.wait_for_service(timeout_sec=CALL_TIMEOUT)
+        value = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=str(second))
+        result = client._result(set_parameters.call_async(SetParameters.Request(
+            parameters=[Parameter(name='model_path', value=value)])), CALL_TIMEOUT, 'set_parameters')
+        assert result.results[0].successful
         assert transition(Transition.TRANSITION_CONFIGURE) and transition(Transition.TRANSITION_ACTIVATE)
         client.wait_for_node(timeout=CALL_TIMEOUT)
         assert client.query('Back again?', max_new_tokens=2).success
+        client.wait_until(lambda: client.latest_diagnostics().get('model_path') == str(second), CALL_TIMEOUT,
+                          'diagnostics naming the second model')
+        assert f'configured: model {second}' in process.log()
