@@ -3,7 +3,8 @@
 A query's time is   queue (already spent) + scene + vision + prefill(kept tokens) + decode(max_new_tokens).
 The cost model predicts each term for the loaded model on this device:
 
-    vision_ms                    a line in the number of views (CLIP runs once per new keyframe)
+    vision_ms                    a running mean of what was observed: CLIP runs once per new keyframe
+                                 (features are cached), so it is about one view's CLIP time or less
     prefill_ms = a * linear GFLOP + a' * attention GFLOP + b + c * cuts
                                  from the token counts that would run in each layer: projections and
                                  MLP grow with n, attention with n^2 and runs at another speed on most
@@ -88,9 +89,7 @@ class CostModel:
         self.prefill_coef = np.zeros(4)   # ms per linear GFLOP, per attention GFLOP, ms, ms per cut
         self.decode_coef = (0.0, 0.0)    # ms per token, ms per token per 1000 cached tokens
         self.scene_ms = 0.0
-        self.vision_ms_per_view = 0.0
-        self.vision_ms_base = 0.0
-        self._vision: Deque[Tuple[int, float]] = collections.deque(maxlen=window)
+        self._vision_ms: Optional[float] = None   # running mean of observed vision times
         self._errors: Deque[float] = collections.deque(maxlen=window)   # (actual - predicted) / actual
 
     # ---------------------------------------------------------------- fitting
@@ -99,27 +98,34 @@ class CostModel:
             self._obs.append(obs)
             self._fit()
 
-    def add_stage_times(self, num_views: int, scene_ms: float, vision_ms: float) -> None:
+    def add_stage_times(self, scene_ms: float, vision_ms: float) -> None:
         with self._lock:
-            self.scene_ms = scene_ms if not self._vision else 0.8 * self.scene_ms + 0.2 * scene_ms
-            self._vision.append((num_views, vision_ms))
-            views = np.array([v for v, _ in self._vision], dtype=float)
-            times = np.array([t for _, t in self._vision], dtype=float)
-            if len(set(views.tolist())) > 1:
-                slope, intercept = np.polyfit(views, times, 1)
-                self.vision_ms_per_view, self.vision_ms_base = max(slope, 0.0), max(intercept, 0.0)
-            else:
-                self.vision_ms_base, self.vision_ms_per_view = float(times.mean()), 0.0
+            first = self._vision_ms is None
+            self.scene_ms = scene_ms if first else 0.7 * self.scene_ms + 0.3 * scene_ms
+            self._vision_ms = vision_ms if first else 0.7 * self._vision_ms + 0.3 * vision_ms
 
     def _fit(self) -> None:
         obs = list(self._obs)
-        y = np.array([o.prefill_ms for o in obs])
-        X = np.stack([o.prefill_features for o in obs])
-        if np.linalg.matrix_rank(X) == X.shape[1]:
-            self.prefill_coef = np.maximum(np.linalg.lstsq(X, y, rcond=None)[0], 0.0)   # no negative costs
-        else:   # too few distinct shapes yet: time proportional to FLOPs
-            per_gflop = float(y.mean() / max(X[:, :2].sum(axis=1).mean(), 1e-9))
-            self.prefill_coef = np.array([per_gflop, per_gflop, 0.0, 0.0])
+        # Recent observations weigh more (half weight 8 observations back): the fit follows the
+        # machine as it is now (other load, clocks), not as it was during the configure-time sweep.
+        w = np.sqrt(0.917 ** np.arange(len(obs))[::-1])
+        y = np.array([o.prefill_ms for o in obs]) * w
+        X = np.stack([o.prefill_features for o in obs]) * w[:, None]
+        # Least squares with no negative cost: a feature whose coefficient comes out negative (noise,
+        # collinearity) is dropped and the rest refitted, rather than clipped (which skews the others).
+        active = list(range(X.shape[1]))
+        coef = np.zeros(X.shape[1])
+        while active:
+            sub = X[:, active]
+            if np.linalg.matrix_rank(sub) < len(active):
+                active.pop()          # too few distinct shapes for all features yet
+                continue
+            fit = np.linalg.lstsq(sub, y, rcond=None)[0]
+            if (fit >= 0).all():
+                coef[active] = fit
+                break
+            active.pop(int(np.argmin(fit)))
+        self.prefill_coef = coef
         steps = [o for o in obs if o.decode_tokens > 0]
         if steps:
             per_token = np.array([o.decode_ms / o.decode_tokens for o in steps])
@@ -138,8 +144,8 @@ class CostModel:
         c, d = self.decode_coef
         return max(new_tokens - 1, 0) * (c + d * cache_tokens / 1000)   # the first token comes from prefill
 
-    def vision_ms(self, num_views: int) -> float:
-        return self.vision_ms_base + self.vision_ms_per_view * num_views
+    def vision_ms(self) -> float:
+        return self._vision_ms or 0.0
 
     def record_error(self, predicted_ms: float, actual_ms: float) -> None:
         if actual_ms > 0:
@@ -152,12 +158,12 @@ class CostModel:
             return float(np.mean(np.abs(self._errors))) if self._errors else None
 
     def safety_margin(self) -> float:
-        """How far under the time left to aim: the 80th percentile of recent under-predictions, within
-        [3%, 30%] (10% until a few budgeted queries were seen). Noisy timings widen it by themselves."""
+        """How far under the time left to aim: the 90th percentile of recent under-predictions, within
+        [5%, 30%] (10% until a few budgeted queries were seen). Noisy timings widen it by themselves."""
         with self._lock:
             if len(self._errors) < 3:
                 return 0.10
-            return float(np.clip(np.quantile(self._errors, 0.8), 0.03, 0.30))
+            return float(np.clip(np.quantile(self._errors, 0.9), 0.05, 0.30))
 
 
 @dataclass(frozen=True)
@@ -174,37 +180,36 @@ class BudgetController:
         self.cost = cost
         self.min_keep_ratio = min_keep_ratio
 
-    def predict(self, keep_ratio: float, text: int, spatial: int, num_views: int,
-                new_tokens: int) -> Tuple[float, float]:
+    def predict(self, keep_ratio: float, text: int, spatial: int, new_tokens: int) -> Tuple[float, float]:
         """(vision + prefill + decode ms, prefill + decode ms) predicted for a query at this keep ratio
         (the scene snapshot is taken before deciding: its time is already spent, not predicted)."""
         L = self.cost.shape.num_layers
         counts = tokens_per_layer(L, text, spatial, keep_ratio) if keep_ratio < 1 else [text + spatial] * L
         model_ms = self.cost.prefill_ms(counts) + self.cost.decode_ms(new_tokens, float(np.mean(counts)))
-        return self.cost.vision_ms(num_views) + model_ms, model_ms
+        return self.cost.vision_ms() + model_ms, model_ms
 
-    def decide(self, remaining_ms: float, text: int, spatial: int, num_views: int, new_tokens: int) -> BudgetDecision:
+    def decide(self, remaining_ms: float, text: int, spatial: int, new_tokens: int) -> BudgetDecision:
         """The least pruning predicted to finish within remaining_ms (the budget minus the time already
         spent on this query: queue and scene snapshot)."""
         L = self.cost.shape.num_layers
         # Aim under the time left: the prediction is a mean, and publishing the answer after the model
         # is done takes a few ms the cost model does not see.
         remaining_ms = remaining_ms * (1 - self.cost.safety_margin())
-        total, model = self.predict(1.0, text, spatial, num_views, new_tokens)
+        total, model = self.predict(1.0, text, spatial, new_tokens)
         if total <= remaining_ms or spatial == 0:
             return BudgetDecision(1.0, 'none', total, model, total <= remaining_ms)
-        low_total, low_model = self.predict(self.min_keep_ratio, text, spatial, num_views, new_tokens)
+        low_total, low_model = self.predict(self.min_keep_ratio, text, spatial, new_tokens)
         if low_total > remaining_ms:
             return BudgetDecision(self.min_keep_ratio, budget_schedule(L, self.min_keep_ratio), low_total,
                                   low_model, False)
         lo, hi = self.min_keep_ratio, 1.0        # predicted time grows with the keep ratio: bisect
         for _ in range(20):
             mid = (lo + hi) / 2
-            if self.predict(mid, text, spatial, num_views, new_tokens)[0] <= remaining_ms:
+            if self.predict(mid, text, spatial, new_tokens)[0] <= remaining_ms:
                 lo = mid
             else:
                 hi = mid
-        total, model = self.predict(lo, text, spatial, num_views, new_tokens)
+        total, model = self.predict(lo, text, spatial, new_tokens)
         return BudgetDecision(lo, budget_schedule(L, lo), total, model, True)
 
 
@@ -231,9 +236,8 @@ def warmup_sweep(answerer, cost: CostModel, max_spatial: int, text_tokens: int =
                 ids, pre, decode_ms = gated.generate(embeds, mask, policy, new_tokens)
                 cost.add(Observation(prefill_features(cost.shape, pre.tokens_per_layer), pre.prefill_ms,
                                      len(ids) - 1, float(np.mean(pre.tokens_per_layer)) + len(ids) / 2, decode_ms))
-        size = model.image_size
-        for views in (1, 2):
-            images = torch.zeros(views, size, size, 3, dtype=torch.uint8)
-            start = answerer._now()
-            model.image_features(images)
-            cost.add_stage_times(views, 0.0, (answerer._now() - start) * 1e3)
+        # the typical query sees one new keyframe: the vision tower on one view
+        images = torch.zeros(1, model.image_size, model.image_size, 3, dtype=torch.uint8)
+        start = answerer._now()
+        model.image_features(images)
+        cost.add_stage_times(0.0, (answerer._now() - start) * 1e3)

@@ -149,12 +149,21 @@ class Adatoken3dNode(LifecycleNode):
                                      min_rotation_deg=config['keyframe_min_rotation_deg'],
                                      max_interval_s=config['keyframe_max_interval_s'])))
         cost = CostModel(answerer.gated.shape)
-        if config['warmup']:
-            self._frontend.warmup()
-            answerer.warmup(self._frontend.scene())
-            warmup_sweep(answerer, cost, config['max_spatial_tokens'])
         self._pipeline = AnswerPipeline(answerer, self._frontend, policy, config['temperature'], config['top_p'],
                                         BudgetController(cost, config['budget_min_keep_ratio']))
+        self._worker = QueryWorker(self._pipeline.answer, capacity=config['queue_size'])
+        if config['warmup']:
+            self._frontend.warmup()
+
+            def warm_up() -> None:
+                answerer.warmup(self._frontend.scene())
+                warmup_sweep(answerer, cost, config['max_spatial_tokens'])
+            try:
+                self._worker.call(warm_up)   # on the thread that will answer, so the timings are its own
+            except Exception as error:  # e.g. out of GPU memory on the first real forward
+                self.get_logger().error(f'configure failed, the model did not run: {type(error).__name__}: {error}')
+                self._release()
+                return TransitionCallbackReturn.FAILURE
         self._config = config
         self._config['resolved_model_path'] = model_path
         self._config['gating'] = str(policy)
@@ -165,7 +174,6 @@ class Adatoken3dNode(LifecycleNode):
         self._scene_tokens_pub = self.create_publisher(PointCloud2, names.SCENE_TOKENS_TOPIC, OUTPUT_QOS)
         self._publishers = [self._answer_pub, self._metrics_pub, self._diagnostics_pub, self._scene_points_pub,
                             self._scene_tokens_pub]
-        self._worker = QueryWorker(self._pipeline.answer, capacity=config['queue_size'])
         self.get_logger().info(
             f'configured: model {model_path} on {answerer.device} ({answerer.dtype}), {answerer.num_layers} '
             f'layers, {model.image_size} px views ({model.patch_grid}x{model.patch_grid} patches), gating '

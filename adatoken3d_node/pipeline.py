@@ -35,7 +35,7 @@ class AnswerPipeline:
         if job.latency_budget_ms > 0 and self.budget is not None:
             spent_ms = (time.monotonic() - job.accepted_at) * 1e3          # queue + scene snapshot
             decision = self.budget.decide(job.latency_budget_ms - spent_ms, self.answerer.text_tokens(job.question),
-                                          scene.num_tokens, scene.num_views, job.max_new_tokens)
+                                          scene.num_tokens, job.max_new_tokens)
             policy = self.answerer.policy(decision.policy_text)
             self.last_keep_ratio = decision.keep_ratio
             label = (f'budget {job.latency_budget_ms:.0f} ms: keep {decision.keep_ratio:.2f}, predicted '
@@ -74,6 +74,6 @@ class AnswerPipeline:
         cost.add(Observation(prefill_features(cost.shape, result.tokens_per_layer), result.prefill_ms,
                              max(generated - 1, 0), float(np.mean(result.tokens_per_layer)) + generated / 2,
                              result.decode_ms))
-        cost.add_stage_times(scene.num_views, scene_ms, result.vision_ms)
+        cost.add_stage_times(scene_ms, result.vision_ms)
         if decision is not None:
             cost.record_error(decision.predicted_model_ms, result.prefill_ms + result.decode_ms)

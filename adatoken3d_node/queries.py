@@ -97,7 +97,7 @@ class QueryWorker:
     def __init__(self, answer: Callable[[QueryJob], QueryOutcome], capacity: int,
                  name: str = 'adatoken3d-query-worker'):
         self._answer = answer
-        self._queue: 'queue.Queue[Optional[QueryJob]]' = queue.Queue(maxsize=capacity)
+        self._queue: 'queue.Queue' = queue.Queue(maxsize=capacity)   # QueryJob, a call() or None (stop)
         self._capacity = capacity
         self._submit_lock = threading.Lock()
         self._seq = itertools.count(1)
@@ -126,6 +126,28 @@ class QueryWorker:
                               f'{self._capacity}); retry later or raise queue_size')
         return job, ''
 
+    def call(self, fn: Callable[[], object], timeout: Optional[float] = None) -> object:
+        """Run fn on the worker thread and return its result (for model warm-up at configure).
+
+        Torch work is slower on a thread that did not warm it up (measured: pruned prefills ~15%),
+        so everything that times the model runs where the queries will run.
+        """
+        done, box = threading.Event(), {}
+
+        def run() -> None:
+            try:
+                box['result'] = fn()
+            except Exception as error:  # handed to the caller
+                box['error'] = error
+            done.set()
+
+        self._queue.put(run)
+        if not done.wait(timeout):
+            raise TimeoutError(f'the worker did not run {fn} within {timeout} s')
+        if 'error' in box:
+            raise box['error']
+        return box['result']
+
     def stop(self, timeout: float = 30.0) -> None:
         """Finish the queued queries, then end the thread."""
         self._queue.put(None)
@@ -136,6 +158,9 @@ class QueryWorker:
             job = self._queue.get()
             if job is None:
                 return
+            if not isinstance(job, QueryJob):   # a call() from the node, e.g. the warm-up
+                job()
+                continue
             self._busy = True
             started = time.monotonic()
             if job.should_stop():

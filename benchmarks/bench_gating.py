@@ -18,7 +18,6 @@ import json
 import pathlib
 import statistics
 import sys
-import time
 
 import torch
 

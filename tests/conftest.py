@@ -1,6 +1,5 @@
 """Shared fixtures. DDS is forced onto loopback with a domain of this run's own before anything imports rclpy."""
 import pathlib
-import sys
 
 import pytest
 

@@ -6,34 +6,27 @@ import yaml
 
 rclpy = pytest.importorskip('rclpy', reason='needs rclpy (make test installs it)')
 
-from geometry_msgs.msg import TransformStamped  # noqa: E402
 from lifecycle_msgs.msg import State  # noqa: E402
 from lifecycle_msgs.srv import GetState  # noqa: E402
-from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from live_sensors import sensor_publishers, stamped, tf_link  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from tf2_msgs.msg import TFMessage  # noqa: E402
 
-from adatoken3d_node import names, parameters  # noqa: E402
+from adatoken3d_node import parameters  # noqa: E402
 from adatoken3d_node.client import NodeProcess, QueryClient  # noqa: E402
 
 W, H, TIMEOUT = 160, 120, 120.0
 K = [100.0, 0.0, 79.5, 0.0, 100.0, 59.5, 0.0, 0.0, 1.0]
 
 
-def stamped(msg, stamp_ns, frame='cam'):
-    msg.header.stamp.sec, msg.header.stamp.nanosec = stamp_ns // 10**9, stamp_ns % 10**9
-    msg.header.frame_id = frame
-    return msg
-
-
 def good_colour(stamp):
     data = np.random.default_rng(stamp % 97).integers(0, 255, (H, W, 3), dtype=np.uint8).tobytes()
-    return stamped(Image(width=W, height=H, encoding='rgb8', step=3 * W, data=data), stamp)
+    return stamped(Image(width=W, height=H, encoding='rgb8', step=3 * W, data=data), stamp, 'cam')
 
 
 def good_depth(stamp, values=None):
     depth = np.full((H, W), 2.0, np.float32) if values is None else values
-    return stamped(Image(width=W, height=H, encoding='32FC1', step=4 * W, data=depth.tobytes()), stamp)
+    return stamped(Image(width=W, height=H, encoding='32FC1', step=4 * W, data=depth.tobytes()), stamp, 'cam')
 
 
 @pytest.fixture(scope='module')
@@ -47,12 +40,8 @@ def rig(tiny_model, tmp_path_factory):
     client = QueryClient(namespace='bad', name='bad_client')
     try:
         client.wait_for_node(timeout=TIMEOUT)
-        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        pubs = {key: client.node.create_publisher(t, f'/bad/{names.SENSOR_TOPICS[key]}', qos) for key, t in (
-            ('color_image', Image), ('color_info', CameraInfo), ('depth_image', Image), ('depth_info', CameraInfo))}
-        pubs['tf'] = client.node.create_publisher(TFMessage, '/tf', QoSProfile(depth=100,
-                                                                              reliability=ReliabilityPolicy.RELIABLE))
-        client.wait_until(lambda: all(p.get_subscription_count() > 0 for p in pubs.values()), TIMEOUT, 'subscribers')
+        pubs = sensor_publishers(client, 'bad', ('color_image', 'color_info', 'depth_image', 'depth_info'), TIMEOUT,
+                                 tf=True)
         yield client, node, pubs
     finally:
         client.close()
@@ -60,11 +49,9 @@ def rig(tiny_model, tmp_path_factory):
 
 
 def send(pubs, stamp, colour=None, depth=None, info=None, tf_stamp=None):
-    link = stamped(TransformStamped(child_frame_id='cam'), stamp if tf_stamp is None else tf_stamp, 'map')
-    link.transform.rotation.w = 1.0
-    pubs['tf'].publish(TFMessage(transforms=[link]))
-    pubs['color_info'].publish(info or stamped(CameraInfo(width=W, height=H, k=K), stamp))
-    pubs['depth_info'].publish(stamped(CameraInfo(width=W, height=H, k=K), stamp))
+    pubs['tf'].publish(TFMessage(transforms=[tf_link('map', 'cam', stamp if tf_stamp is None else tf_stamp)]))
+    pubs['color_info'].publish(info or stamped(CameraInfo(width=W, height=H, k=K), stamp, 'cam'))
+    pubs['depth_info'].publish(stamped(CameraInfo(width=W, height=H, k=K), stamp, 'cam'))
     pubs['depth_image'].publish(depth or good_depth(stamp))
     pubs['color_image'].publish(colour or good_colour(stamp))
 
@@ -91,7 +78,7 @@ def bad_messages(stamp, case):
     if case.get('depth_truncated'):
         depth.data = depth.data[:len(depth.data) // 2]
     if case.get('zero_focal'):
-        info = stamped(CameraInfo(width=W, height=H, k=[0.0] * 9), stamp)
+        info = stamped(CameraInfo(width=W, height=H, k=[0.0] * 9), stamp, 'cam')
     return dict(colour=colour, depth=depth, info=info)
 
 

@@ -10,12 +10,11 @@ import yaml
 
 rclpy = pytest.importorskip('rclpy', reason='needs rclpy (make test installs it)')
 
-from geometry_msgs.msg import TransformStamped  # noqa: E402
-from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from live_sensors import sensor_publishers, stamped, tf_link  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from tf2_msgs.msg import TFMessage  # noqa: E402
 
-from adatoken3d_node import budget, names, parameters  # noqa: E402
+from adatoken3d_node import budget, parameters  # noqa: E402
 from adatoken3d_node.client import NodeProcess, QueryClient  # noqa: E402
 from adatoken3d_node.model.flops import LlamaShape  # noqa: E402
 from adatoken3d_node.model.tiny_llava3d import create_tiny_llava3d  # noqa: E402
@@ -25,12 +24,6 @@ MEDIUM = dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=8, num_
 W, H, VIEWS, TIMEOUT = 160, 120, 10, 180.0
 K = [100.0, 0.0, 79.5, 0.0, 100.0, 59.5, 0.0, 0.0, 1.0]
 QUESTION = 'Describe the room.'
-
-
-def stamped(msg, stamp_ns, frame):
-    msg.header.stamp.sec, msg.header.stamp.nanosec = stamp_ns // 10**9, stamp_ns % 10**9
-    msg.header.frame_id = frame
-    return msg
 
 
 @pytest.fixture(scope='module')
@@ -47,19 +40,12 @@ def node_with_scene(tmp_path_factory):
     client = QueryClient(namespace='budget', name='budget_client')
     try:
         client.wait_for_node(timeout=TIMEOUT)
-        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        pubs = {key: client.node.create_publisher(msg_type, f'/budget/{names.SENSOR_TOPICS[key]}', qos)
-                for key, msg_type in (('color_image', Image), ('color_info', CameraInfo), ('depth_image', Image),
-                                      ('depth_info', CameraInfo))}
-        tf = client.node.create_publisher(TFMessage, '/tf', QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
-        client.wait_until(lambda: all(p.get_subscription_count() > 0 for p in [*pubs.values(), tf]), TIMEOUT,
-                          'the node to subscribe')
+        pubs = sensor_publishers(client, 'budget', ('color_image', 'color_info', 'depth_image', 'depth_info'),
+                                 TIMEOUT, tf=True)
         rng = np.random.default_rng(0)
         for i in range(VIEWS):   # a camera moving along x, looking at random surfaces 1-5 m away
             stamp = (i + 1) * 10**9
-            link = stamped(TransformStamped(child_frame_id='cam'), stamp, 'map')
-            link.transform.translation.x, link.transform.rotation.w = 0.6 * i, 1.0
-            tf.publish(TFMessage(transforms=[link]))
+            pubs['tf'].publish(TFMessage(transforms=[tf_link('map', 'cam', stamp, (0.6 * i, 0.0, 0.0))]))
             depth = (rng.uniform(1.0, 5.0, (H, W)) * 1000).astype(np.uint16)
             rgb = rng.integers(0, 255, (H, W, 3), dtype=np.uint8)
             pubs['color_info'].publish(stamped(CameraInfo(width=W, height=H, k=K), stamp, 'cam'))
@@ -118,18 +104,18 @@ def test_controller_picks_the_least_pruning_that_fits():
     cost = budget.CostModel(shape)
     cost.prefill_coef = np.array([1000.0, 1000.0, 0.0, 0.0])   # 1 ms per MFLOP, no cost per cut
     controller = budget.BudgetController(cost, min_keep_ratio=0.1)
-    dense_ms, _ = controller.predict(1.0, 50, 1000, 4, 1)
+    dense_ms, _ = controller.predict(1.0, 50, 1000, 1)
     margin = cost.safety_margin()
     assert margin == 0.10                                   # before any budgeted query was seen
-    assert controller.decide(dense_ms / (1 - margin) + 1, 50, 1000, 4, 1).policy_text == 'none'
-    tight = controller.decide(0.75 * dense_ms, 50, 1000, 4, 1)
-    tighter = controller.decide(0.6 * dense_ms, 50, 1000, 4, 1)
+    assert controller.decide(dense_ms / (1 - margin) + 1, 50, 1000, 1).policy_text == 'none'
+    tight = controller.decide(0.75 * dense_ms, 50, 1000, 1)
+    tighter = controller.decide(0.6 * dense_ms, 50, 1000, 1)
     assert tight.fits and tighter.fits and 1.0 > tight.keep_ratio > tighter.keep_ratio >= 0.1
     for decision, limit in ((tight, 0.75 * dense_ms), (tighter, 0.6 * dense_ms)):
         aim = limit * (1 - margin)
         assert decision.predicted_ms <= aim
         # least pruning: keeping a bit more would not fit
-        assert controller.predict(decision.keep_ratio + 0.01, 50, 1000, 4, 1)[0] > aim
-    floor = controller.decide(1.0, 50, 1000, 4, 1)
+        assert controller.predict(decision.keep_ratio + 0.01, 50, 1000, 1)[0] > aim
+    floor = controller.decide(1.0, 50, 1000, 1)
     assert not floor.fits and floor.keep_ratio == 0.1
     assert floor.policy_text == budget.budget_schedule(8, 0.1) == 'schedule:2:0.4642,4:0.2154,6:0.1000'

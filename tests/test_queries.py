@@ -123,3 +123,17 @@ def test_deadline_met_is_measured_against_the_budget(budget, total_needed, met):
     assert recorder.outcomes[0].report.deadline_met is met
     assert recorder.outcomes[0].report.latency_budget_ms == budget
     worker.stop()
+
+
+def test_call_runs_on_the_worker_thread_in_turn_and_returns_or_raises():
+    recorder = Recorder()
+    worker = QueryWorker(recorder.answer, capacity=4)
+    worker_thread = worker.call(lambda: threading.current_thread())
+    assert worker_thread is not threading.current_thread() and worker_thread.name == 'adatoken3d-query-worker'
+    assert worker.call(lambda: 42) == 42
+    with pytest.raises(ZeroDivisionError):
+        worker.call(lambda: 1 / 0)
+    worker.submit('after', 0.0, 1, recorder.on_done)   # the worker goes on answering
+    recorder.wait_for(1)
+    assert recorder.outcomes[0].answer == 'AFTER'
+    worker.stop()

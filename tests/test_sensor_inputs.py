@@ -10,12 +10,11 @@ import yaml
 
 rclpy = pytest.importorskip('rclpy', reason='needs rclpy (make test installs it)')
 
-from geometry_msgs.msg import TransformStamped  # noqa: E402
-from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from live_sensors import sensor_publishers, stamped, tf_link  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField  # noqa: E402
 from tf2_msgs.msg import TFMessage  # noqa: E402
 
-from adatoken3d_node import names, parameters  # noqa: E402
+from adatoken3d_node import parameters  # noqa: E402
 from adatoken3d_node.client import NodeProcess, QueryClient  # noqa: E402
 from adatoken3d_node.qos import TF_STATIC_QOS  # noqa: E402
 
@@ -25,32 +24,18 @@ PLANE_Z = 2.0
 TIMEOUT = 120.0
 
 
-def header(msg, stamp_ns, frame):
-    msg.header.stamp.sec, msg.header.stamp.nanosec = stamp_ns // 10**9, stamp_ns % 10**9
-    msg.header.frame_id = frame
-    return msg
-
-
-def transform(parent, child, xyz, stamp_ns=0):
-    t = header(TransformStamped(), stamp_ns, parent)
-    t.child_frame_id = child
-    t.transform.translation.x, t.transform.translation.y, t.transform.translation.z = xyz
-    t.transform.rotation.w = 1.0
-    return t
-
-
 def camera_info(stamp_ns, frame):
-    return header(CameraInfo(width=W, height=H, k=K, distortion_model='plumb_bob', d=[0.0] * 5), stamp_ns, frame)
+    return stamped(CameraInfo(width=W, height=H, k=K, distortion_model='plumb_bob', d=[0.0] * 5), stamp_ns, frame)
 
 
 def colour(stamp_ns, frame='cam_color'):
     data = np.random.default_rng(stamp_ns % 1000).integers(0, 255, (H, W, 3), dtype=np.uint8)
-    return header(Image(width=W, height=H, encoding='rgb8', step=3 * W, data=data.tobytes()), stamp_ns, frame)
+    return stamped(Image(width=W, height=H, encoding='rgb8', step=3 * W, data=data.tobytes()), stamp_ns, frame)
 
 
 def plane_depth_mm(stamp_ns, frame):
     depth = np.full((H, W), int(PLANE_Z * 1000), np.uint16)
-    return header(Image(width=W, height=H, encoding='16UC1', step=2 * W, data=depth.tobytes()), stamp_ns, frame)
+    return stamped(Image(width=W, height=H, encoding='16UC1', step=2 * W, data=depth.tobytes()), stamp_ns, frame)
 
 
 def plane_cloud(stamp_ns, frame, offset_x):
@@ -60,7 +45,7 @@ def plane_cloud(stamp_ns, frame, offset_x):
     y = (v - K[5]) * PLANE_Z / F
     points = np.stack([x, y, np.full_like(x, PLANE_Z)], axis=-1).reshape(-1, 3).astype(np.float32)
     fields = [PointField(name=n, offset=4 * i, datatype=PointField.FLOAT32, count=1) for i, n in enumerate('xyz')]
-    return header(PointCloud2(height=1, width=len(points), fields=fields, is_bigendian=False, point_step=12,
+    return stamped(PointCloud2(height=1, width=len(points), fields=fields, is_bigendian=False, point_step=12,
                               row_step=12 * len(points), data=points.tobytes(), is_dense=True), stamp_ns, frame)
 
 
@@ -76,20 +61,10 @@ def start(tmp_path, name, tiny_model, **overrides):
     return node, client
 
 
-def publishers(client, name, topics):
-    sensor_qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-    made = {key: client.node.create_publisher(msg_type, f'/{name}/{names.SENSOR_TOPICS[key]}', sensor_qos)
-            for key, msg_type in topics.items()}
-    client.wait_until(lambda: all(p.get_subscription_count() > 0 for p in made.values()), TIMEOUT,
-                      'the node to subscribe')
-    return made
-
-
 def test_unregistered_depth_is_reprojected_and_missing_tf_skips_views_with_one_log_line(tiny_model, tmp_path):
     node, client = start(tmp_path, 'rig', tiny_model, tf_timeout_s=0.1)
     try:
-        pubs = publishers(client, 'rig', {'color_image': Image, 'color_info': CameraInfo, 'depth_image': Image,
-                                          'depth_info': CameraInfo})
+        pubs = sensor_publishers(client, 'rig', ('color_image', 'color_info', 'depth_image', 'depth_info'), TIMEOUT)
 
         def send(stamp_ns):
             pubs['color_info'].publish(camera_info(stamp_ns, 'cam_color'))
@@ -108,8 +83,8 @@ def test_unregistered_depth_is_reprojected_and_missing_tf_skips_views_with_one_l
 
         # 2. static TF: map -> colour camera, colour -> depth camera 5 cm to the right
         tf_static = client.node.create_publisher(TFMessage, '/tf_static', TF_STATIC_QOS)
-        tf_static.publish(TFMessage(transforms=[transform('map', 'cam_color', (0.0, 0.0, 0.0)),
-                                                transform('cam_color', 'cam_depth', (0.05, 0.0, 0.0))]))
+        tf_static.publish(TFMessage(transforms=[tf_link('map', 'cam_color'),
+                                                tf_link('cam_color', 'cam_depth', xyz=(0.05, 0.0, 0.0))]))
         client.wait_until(lambda: 'cam_depth' in client.latest_diagnostics().get('tf_frames', ''), TIMEOUT, 'static TF')
         points = client.collect(PointCloud2, '/rig/adatoken3d/scene_points')
         send(10 * 10**9)
@@ -130,10 +105,10 @@ def test_unregistered_depth_is_reprojected_and_missing_tf_skips_views_with_one_l
 def test_point_cloud_stands_in_for_depth(tiny_model, tmp_path):
     node, client = start(tmp_path, 'lidar', tiny_model, depth_source='points')
     try:
-        pubs = publishers(client, 'lidar', {'color_image': Image, 'color_info': CameraInfo, 'points': PointCloud2})
+        pubs = sensor_publishers(client, 'lidar', ('color_image', 'color_info', 'points'), TIMEOUT)
         tf_static = client.node.create_publisher(TFMessage, '/tf_static', TF_STATIC_QOS)
-        tf_static.publish(TFMessage(transforms=[transform('map', 'cam_color', (1.0, 0.0, 0.0)),
-                                                transform('cam_color', 'lidar', (0.1, 0.0, 0.0))]))
+        tf_static.publish(TFMessage(transforms=[tf_link('map', 'cam_color', xyz=(1.0, 0.0, 0.0)),
+                                                tf_link('cam_color', 'lidar', xyz=(0.1, 0.0, 0.0))]))
         points = client.collect(PointCloud2, '/lidar/adatoken3d/scene_points')
         client.wait_until(lambda: 'lidar' in client.latest_diagnostics().get('tf_frames', ''), TIMEOUT, 'static TF')
         stamp = 5 * 10**9
