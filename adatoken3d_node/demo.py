@@ -1,17 +1,17 @@
-"""`make demo` / `adatoken3d-demo`: the node in its own process answering over real DDS.
+"""`make demo` / `adatoken3d-demo`: a recorded scene replayed into the node, questions over real DDS.
 
-Starts the node with adatoken3d-bringup (its log goes to a file), waits for its
-query service and action, asks questions through both, and prints each answer
-with its metrics. DDS stays on loopback in a domain of its own.
+Renders a synthetic scene of known objects as RGB-D from a camera circling it,
+writes it as a rosbag2 (camera topics + TF), starts the node with
+adatoken3d-bringup (its log goes to a file), replays the bag into it, then asks
+questions about the scene through ~/query and ~/ask (one with a latency budget
+that dense inference misses) and prints each answer with the scene's ground
+truth and the metrics. DDS stays on loopback in a domain of its own.
 """
 import argparse
 import sys
 import tempfile
 
 from .dds_env import apply_loopback_environment
-
-QUESTIONS = ['What is on the table?', 'Where is the chair?']
-STREAMED_QUESTION = 'How many chairs are in the room?'
 REAL_WEIGHTS_HINT = ('ros2 launch adatoken3d bringup.launch.py device:=cuda model_path:=/path/to/LLaVA-3D-7B '
                      'vision_tower_path:=/path/to/clip-vit-large-patch14-336\n'
                      '  (or the same arguments to adatoken3d-bringup)')
@@ -33,34 +33,75 @@ def metrics_rows(how: str, question: str, response) -> list:
     ]
 
 
+def scene_questions(objects) -> list:
+    """(question, ground truth) about the rendered scene."""
+    first = objects[0]
+    count = sum(o.shape == first.shape for o in objects)
+    plural = first.shape + ('es' if first.shape == 'box' else 's')
+    x, y, z = (round(float(v), 1) for v in first.centre)
+    return [(f'What color is the {first.shape}?' if count == 1 else f'What color is one of the {plural}?',
+             first.colour_name),
+            (f'How many {plural} are there?', str(count)),
+            (f'What is at [{x}, {y}, {z}]?', f'a {first.colour_name} {first.shape}')]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog='adatoken3d-demo', description=__doc__.split('\n\n')[0])
     parser.add_argument('launch_arguments', nargs='*', help='name:=value arguments for the node')
     parser.add_argument('--timeout', type=float, default=120.0, help='seconds to wait for the node')
+    parser.add_argument('--seed', type=int, default=3, help='scene seed')
+    parser.add_argument('--rate', type=float, default=2.0, help='bag replay rate')
     args = parser.parse_args(argv)
     env = apply_loopback_environment()
 
-    from .client import NodeProcess, QueryClient  # ROS imports after the environment is set
-    log = tempfile.NamedTemporaryFile(prefix='adatoken3d-demo-node-', suffix='.log', delete=False).name
+    # ROS imports after the environment is set
+    from .bags import BagPlayer, CameraTopics, write_rgbd_bag
+    from .client import NodeProcess, QueryClient
+    from .synthetic import make_scene, orbit_frames
+    workdir = tempfile.mkdtemp(prefix='adatoken3d-demo-')
+    objects = make_scene(args.seed)
+    frames = orbit_frames(objects, n_views=12, width=320, height=240, defects=True)
+    topics = CameraTopics()
+    bag = write_rgbd_bag(f'{workdir}/scene', frames, topics, storage='mcap')
+    print(f'scene (seed {args.seed}): ' + ', '.join(f'{o.colour_name} {o.shape}' for o in objects))
+    print(f'wrote {bag}: {len(frames)} RGB-D views 320x240 with TF, camera circling the scene')
+    log = f'{workdir}/node.log'
     print(f'ROS_DOMAIN_ID={env["ROS_DOMAIN_ID"]}, DDS on loopback ({env["FASTDDS_DEFAULT_PROFILES_FILE"]})')
-    print(f'starting the node: adatoken3d-bringup {" ".join(args.launch_arguments)}  (log: {log})')
-    with NodeProcess(args.launch_arguments, log_path=log) as node, QueryClient() as client:
+    launch = [*topics.remap_arguments(), *args.launch_arguments]
+    print(f'starting the node: adatoken3d-bringup {" ".join(launch)}  (log: {log})')
+    with NodeProcess(launch, log_path=log) as node, QueryClient() as client:
         try:
             client.wait_for_node(timeout=args.timeout)
         except TimeoutError as error:
             print(f'the node did not come up: {error}\n--- node log ---\n{node.log()}', file=sys.stderr)
             return 1
-        print(f'node is active: {client.query_service} and {client.ask_action}\n')
-        ok = True
-        for question in QUESTIONS:
+        player = BagPlayer(bag, rate=args.rate, context=client.context)
+        try:
+            player.wait_for_subscribers([topics.color_image, topics.depth_image], args.timeout)
+            print(f'replayed {player.play()} messages at {args.rate}x; node is active: {client.query_service} '
+                  f'and {client.ask_action}')
+        finally:
+            player.close()
+        client.wait_until(lambda: client.latest_diagnostics().get('scene.views') == str(len(frames)), args.timeout,
+                          'every view in the scene memory')
+        values = client.latest_diagnostics()
+        print(f"scene memory: {values['scene.views']} views, {values['scene.spatial_tokens']} spatial tokens\n")
+        ok, dense_ms = True, 0.0
+        for question, truth in scene_questions(objects):
             response = client.query(question, max_new_tokens=16)
             ok &= response.success
-            print('\n'.join(metrics_rows('service ~/query', question, response)) + '\n')
+            dense_ms = response.metrics.total_ms   # the last one: the vision features are cached by then
+            print('\n'.join(metrics_rows('service ~/query', question, response)))
+            print(f'  ground truth  : {truth}\n')
+        question, truth = scene_questions(objects)[0]
+        budget = round(0.6 * dense_ms)
         chunks = []
-        status, result = client.ask(STREAMED_QUESTION, max_new_tokens=16,
+        status, result = client.ask(question, latency_budget_ms=budget, max_new_tokens=16,
                                     on_feedback=lambda f: chunks.append(f.generated_tokens))
         ok &= result.success
-        print('\n'.join(metrics_rows('action ~/ask', STREAMED_QUESTION, result)))
+        print('\n'.join(metrics_rows(f'action ~/ask, budget {budget} ms (60% of the last dense query)', question,
+                                     result)))
+        print(f'  ground truth  : {truth}')
         print(f'  streamed      : {len(chunks)} feedback messages before the result\n')
         untrained = 'untrained' in node.log().lower()
     if untrained:

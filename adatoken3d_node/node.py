@@ -44,6 +44,7 @@ from . import names, parameters
 from .qos import DIAGNOSTICS_QOS, OUTPUT_QOS, QUERY_QOS, TF_QOS, TF_STATIC_QOS, action_qos_kwargs, sensor_qos
 from .model.calibrate import resolve_gating
 from .model.engine import ModelLoadError
+from .model.llava3d import parse_locations
 from .model.scene_qa import SceneAnswerer
 from .model.tiny_llava3d import default_tiny_llava3d_dir, ensure_tiny_llava3d
 from .perception.frontend import FrontEndConfig, SceneFrontEnd
@@ -323,6 +324,8 @@ class Adatoken3dNode(LifecycleNode):
         if error is None and (not self._accepting or worker is None):
             error = 'the node is not active (lifecycle state); activate it to ask questions'
         if error is None:
+            error = self._scene_problem(text)
+        if error is None:
             job, error = worker.submit(text, budget, max_new,
                                        on_done=lambda outcome: self._finish(outcome, question, future),
                                        on_token=on_token, should_stop=should_stop)
@@ -330,6 +333,25 @@ class Adatoken3dNode(LifecycleNode):
             self.get_logger().warning(f'query refused: {error}', throttle_duration_sec=5.0)
             self._finish(QueryOutcome(False, error=error), question, future)
         return future
+
+    def _scene_problem(self, question: str) -> Optional[str]:
+        """Why the scene memory cannot answer this question yet, or None."""
+        frontend = self._frontend
+        if len(frontend.memory) == 0:
+            if self._config['require_scene']:
+                return ('no usable view of the scene yet (0 views in memory): check the camera topics, '
+                        'camera_info and TF in /diagnostics (views.*, problems.*, tf_frames)')
+            return None
+        _, points = parse_locations(question)
+        if points:
+            centres = frontend.scene().tokens.centres.numpy()
+            for point in points:
+                distance = float(np.linalg.norm(centres - np.array(point), axis=1).min()) if len(centres) else np.inf
+                if distance > self._config['max_point_distance_m']:
+                    return (f'the point {list(point)} is {distance:.1f} m from anything in the scene memory '
+                            f'(max_point_distance_m={self._config["max_point_distance_m"]}); is it in '
+                            f'{self._config["fixed_frame"]} coordinates?')
+        return None
 
     def _finish(self, outcome: QueryOutcome, question: str, future: Future) -> None:
         """Publish an answered or refused query, then hand its outcome to the waiting callback."""

@@ -66,6 +66,12 @@ PARAMETERS = (
     ParameterSpec('queue_size', 10, 'Queries waiting behind the one being answered; more are refused with a reason.',
                   min_value=1, max_value=1000),
     ParameterSpec('max_question_chars', 2000, 'Longer questions are refused with a reason.', min_value=1),
+    ParameterSpec('require_scene', True,
+                  'Refuse (with a reason) queries that arrive before any view is in the scene memory; false: '
+                  'answer them from the question alone.'),
+    ParameterSpec('max_point_distance_m', 1.0,
+                  'A question naming a point [x, y, z] farther than this from every spatial token is refused '
+                  '(the point is unknown to the scene).', min_value=0.0),
     ParameterSpec('warmup', True, 'At configure, run one short answer (so the first query is not slow) and '
                   'measure the cost model for latency budgets (a short sweep over prompt lengths).'),
     ParameterSpec('depth_source', 'depth',

@@ -10,12 +10,16 @@ interface packages from source with the wheels. Writes
 benchmarks/results/query.json.
 """
 import argparse
+import pathlib
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
+import yaml
+
+from adatoken3d_node import parameters
 from adatoken3d_node.dds_env import apply_loopback_environment
 
 from .common import RESULTS, machine, write_results
@@ -45,7 +49,11 @@ def main() -> int:
 
     build_s = interface_build_seconds()
     log = tempfile.NamedTemporaryFile(prefix='bench-node-', suffix='.log', delete=False).name
-    with NodeProcess(['device:=cpu'], log_path=log) as node, QueryClient() as client:
+    params = pathlib.Path(tempfile.mkdtemp()) / 'params.yaml'   # no sensors: answer without a scene
+    values = parameters.defaults()
+    values['require_scene'] = False
+    params.write_text(yaml.safe_dump({'/**': {'ros__parameters': values}}))
+    with NodeProcess(['device:=cpu', f'params_file:={params}'], log_path=log) as node, QueryClient() as client:
         start = time.monotonic()
         client.wait_for_node(timeout=180)
         ready_s = time.monotonic() - start

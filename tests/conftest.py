@@ -18,3 +18,13 @@ def tiny_model(tmp_path_factory) -> pathlib.Path:
     root = tmp_path_factory.mktemp('models')
     create_tiny_llava3d(root / 'tiny-llava3d', root / 'tiny-llava3d-clip', seed=0)
     return root / 'tiny-llava3d'
+
+
+def write_params(path: pathlib.Path, **overrides) -> pathlib.Path:
+    """A parameters file: the node's defaults with some overridden (for NodeProcess params_file:=)."""
+    import yaml
+    from adatoken3d_node import parameters
+    values = parameters.defaults()
+    values.update(overrides)
+    path.write_text(yaml.safe_dump({'/**': {'ros__parameters': values}}))
+    return path

@@ -96,7 +96,8 @@ def test_malformed_messages_are_skipped_logged_once_and_counted(rig):
     log = node.log()
     assert log.count('yuv422') == 1 and log.count('step*height') == 1
     assert client.latest_diagnostics()['views_in_memory'] == '0'
-    assert client.query('Still answering?', max_new_tokens=2).success
+    refused = client.query('Still answering?', max_new_tokens=2)   # alive, and says why it cannot answer
+    assert not refused.success and 'no usable view of the scene yet' in refused.error
 
 
 def test_non_finite_depth_is_no_reading_and_the_view_is_kept(rig):
@@ -139,3 +140,12 @@ def test_a_flood_of_queries_is_answered_or_refused_every_one(rig):
     assert get_state.wait_for_service(timeout_sec=TIMEOUT)
     assert client._result(get_state.call_async(GetState.Request()), TIMEOUT, 'state').current_state.id == \
         State.PRIMARY_STATE_ACTIVE
+
+
+def test_a_point_far_from_the_scene_is_refused_and_one_inside_is_answered(rig):
+    client, node, pubs = rig
+    client.wait_until(lambda: int(client.latest_diagnostics().get('views_in_memory', 0)) >= 1, TIMEOUT, 'a view')
+    far = client.query('What is at [40.0, -3.0, 12.0]?', max_new_tokens=2)
+    assert not far.success and 'from anything in the scene memory' in far.error
+    near = client.query('What is at [0.0, 0.0, 2.0]?', max_new_tokens=2)   # on the plane 2 m ahead of the camera
+    assert near.success, near.error

@@ -49,7 +49,7 @@ def test_the_colcon_installed_node_answers_a_query(colcon_install, tiny_model, t
     node_exe = colcon_install / 'adatoken3d' / 'lib' / 'adatoken3d' / 'adatoken3d_node'
     script = (f'cd {tmp_path} && source {colcon_install / "setup.bash"} && python -c "import adatoken3d_node; '
               f'print(adatoken3d_node.__file__)" && exec {node_exe} --ros-args -r __ns:=/colcon '
-              f'-p model_path:={tiny_model}')
+              f'-p model_path:={tiny_model} -p require_scene:=false')
     log = tmp_path / 'colcon_node.log'
     env = dict(os.environ, PATH=f'{pathlib.Path(sys.executable).parent}{os.pathsep}{os.environ["PATH"]}')
     process = NodeProcess(log_path=str(log), env=env)

@@ -12,6 +12,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
 from adatoken3d_node.client import NodeProcess, QueryClient  # noqa: E402
+from conftest import write_params  # noqa: E402
 
 NAMESPACE = 'robot'
 COLOR_REMAP = '/camera/color/image_raw'
@@ -23,7 +24,9 @@ CALL_TIMEOUT = 60.0
 @pytest.fixture(scope='module')
 def node(tiny_model, tmp_path_factory):
     log = tmp_path_factory.mktemp('logs') / 'node.log'
-    process = NodeProcess([f'namespace:={NAMESPACE}', f'model_path:={tiny_model}',
+    # no sensors here: answer from the question alone instead of refusing for lack of a scene
+    params = write_params(log.parent / 'params.yaml', require_scene=False)
+    process = NodeProcess([f'namespace:={NAMESPACE}', f'model_path:={tiny_model}', f'params_file:={params}',
                            f'color_image_topic:={COLOR_REMAP}'], log_path=str(log)).start()
     yield process
     process.stop()
@@ -204,7 +207,8 @@ def test_lifecycle_transitions_without_autostart(tiny_model, tmp_path):
     from lifecycle_msgs.msg import Transition
     from lifecycle_msgs.srv import ChangeState
     log = tmp_path / 'manual.log'
-    with NodeProcess(['namespace:=manual', f'model_path:={tiny_model}', 'autostart:=false'],
+    params = write_params(tmp_path / 'params.yaml', require_scene=False)
+    with NodeProcess(['namespace:=manual', f'model_path:={tiny_model}', 'autostart:=false', f'params_file:={params}'],
                      log_path=str(log)) as process, QueryClient(namespace='manual', name='manual_client') as client:
         get_state = client.node.create_client(GetState, '/manual/adatoken3d/get_state')
         change_state = client.node.create_client(ChangeState, '/manual/adatoken3d/change_state')

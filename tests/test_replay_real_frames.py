@@ -10,7 +10,6 @@ import itertools
 
 import numpy as np
 import pytest
-import yaml
 
 from conftest import SHARED_DATA
 
@@ -18,30 +17,10 @@ rclpy = pytest.importorskip('rclpy', reason='needs rclpy (make test installs it)
 if not SHARED_DATA.is_dir():
     pytest.skip(f'{SHARED_DATA} (the real RGB-D test frames) is not here', allow_module_level=True)
 
-from sensor_msgs.msg import PointCloud2  # noqa: E402
+from replay_helpers import TOPICS, replay  # noqa: E402
 
-from adatoken3d_node import parameters  # noqa: E402
-from adatoken3d_node.bags import BagPlayer, CameraTopics, write_rgbd_bag  # noqa: E402
-from adatoken3d_node.client import NodeProcess, QueryClient  # noqa: E402
+from adatoken3d_node.bags import write_rgbd_bag  # noqa: E402
 from adatoken3d_node.datasets import load_redwood, load_tum_single  # noqa: E402
-
-TOPICS = CameraTopics()
-TIMEOUT = 120.0
-
-
-def params_file(path, **overrides):
-    values = parameters.defaults()
-    values.update(overrides)
-    path.write_text(yaml.safe_dump({'/**': {'ros__parameters': values}}))
-    return path
-
-
-def cloud_array(msg: PointCloud2) -> np.ndarray:
-    """The structured points of one of the node's scene clouds (little-endian, unorganised)."""
-    dtype = np.dtype({'names': [f.name for f in msg.fields],
-                      'formats': [{7: '<f4', 4: '<u2', 6: '<u4'}[f.datatype] for f in msg.fields],
-                      'offsets': [f.offset for f in msg.fields], 'itemsize': msg.point_step})
-    return np.frombuffer(bytes(msg.data), dtype=dtype, count=msg.width)
 
 
 @pytest.fixture(scope='module')
@@ -53,38 +32,6 @@ def bags(tmp_path_factory):
         'redwood_mcap': write_rgbd_bag(root / 'redwood_mcap', redwood, TOPICS, storage='mcap'),
         'tum': write_rgbd_bag(root / 'tum', load_tum_single(SHARED_DATA / 'tum_single'), TOPICS, storage='mcap'),
     }
-
-
-def replay(bag, tiny_model, tmp_path, name, rate=1.0, expect_views=5, question=None, launch=(), **overrides):
-    """Start a node, play the bag into it, return (scene points, scene tokens, node log[, answer to question])."""
-    params = params_file(tmp_path / f'{name}.yaml', keyframe_min_translation_m=0.0, keyframe_min_rotation_deg=0.0,
-                         tf_timeout_s=1.0, **overrides)
-    log = tmp_path / f'{name}.log'
-    with NodeProcess([f'namespace:={name}', f'model_path:={tiny_model}', f'params_file:={params}',
-                      *TOPICS.remap_arguments(), *launch], log_path=str(log)) as node, \
-            QueryClient(namespace=name, name=f'{name}_client') as client:
-        points = client.collect(PointCloud2, f'/{name}/adatoken3d/scene_points')
-        tokens = client.collect(PointCloud2, f'/{name}/adatoken3d/scene_tokens')
-        client.wait_for_node(timeout=TIMEOUT)
-        player = BagPlayer(bag, rate=rate, context=client.context)
-        try:
-            player.wait_for_subscribers([TOPICS.color_image, TOPICS.depth_image, TOPICS.color_info,
-                                         TOPICS.depth_info], TIMEOUT)
-            assert player.play() > 0
-        finally:
-            player.close()
-
-        def views_in_points():
-            return bool(points) and len(np.unique(cloud_array(points[-1])['view'])) == expect_views
-
-        try:
-            client.wait_until(views_in_points, TIMEOUT, f'{expect_views} views in ~/scene_points')
-        except TimeoutError:
-            pytest.fail(f'node log:\n{node.log()}')
-        client.wait_until(lambda: len(tokens) == len(points), TIMEOUT, 'the matching ~/scene_tokens')
-        if question is not None:
-            return cloud_array(points[-1]), cloud_array(tokens[-1]), node.log(), client.query(question)
-        return cloud_array(points[-1]), cloud_array(tokens[-1]), node.log()
 
 
 def test_five_redwood_views_agree_where_they_overlap(bags, tiny_model, tmp_path):
@@ -132,8 +79,8 @@ def test_a_question_about_the_replayed_scene_runs_gated_llava3d_with_true_metric
     import json
     from adatoken3d_node.model.flops import LlamaShape, prefill_flops
     from adatoken3d_node.datasets import load_redwood
-    _, tokens, _, response = replay(bags['redwood_sqlite3'], tiny_model, tmp_path, 'ask',
-                                    question='What is next to the sofa at [0.5, 0.2, 1.5]?',
+    _, tokens, _, response, _ = replay(bags['redwood_sqlite3'], tiny_model, tmp_path, 'ask',
+                                    question='What is next to the sofa at [-2.1, 0.6, 2.7]?',
                                     launch=['gating:=schedule:1:0.5,2:0.25'])
     assert response.success, response.error
     m = response.metrics
