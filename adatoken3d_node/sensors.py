@@ -157,7 +157,11 @@ class SensorPipeline:
         self.counters['views_offered'] += 1
         if decision.startswith('kept'):
             self.counters['views_kept'] += 1
-            if self.on_view_kept is not None:
+            with self._wake:
+                backlog = len(self._pending)
+            # Publishing the scene rebuilds its tokens: during a burst, only after the last view of it,
+            # so that the burst is not slowed into dropping views.
+            if self.on_view_kept is not None and backlog == 0:
                 self.on_view_kept()
 
     def _report(self, kind: str, text: str) -> None:
