@@ -21,8 +21,10 @@ def cloud_array(msg: PointCloud2) -> np.ndarray:
 
 def replay(bag, tiny_model, tmp_path, name, rate=1.0, expect_views=5, question=None, launch=(), **overrides):
     """Start a node, play the bag into it, return (scene points, scene tokens, node log[, response, seen])."""
+    # Reliable sensor subscriptions with room to queue: a replay test wants every recorded frame (with the
+    # default best-effort sensor QoS a loaded machine may drop some, as a robot's network would).
     overrides = {'keyframe_min_translation_m': 0.0, 'keyframe_min_rotation_deg': 0.0, 'tf_timeout_s': 1.0,
-                 **overrides}
+                 'sensor_qos_reliability': 'reliable', 'sensor_qos_depth': 20, **overrides}
     params = write_params(tmp_path / f'{name}.yaml', **overrides)
     log = tmp_path / f'{name}.log'
     with NodeProcess([f'namespace:={name}', f'model_path:={tiny_model}', f'params_file:={params}',
