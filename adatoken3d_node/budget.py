@@ -88,7 +88,6 @@ class CostModel:
         self._lock = threading.Lock()
         self.prefill_coef = np.zeros(4)   # ms per linear GFLOP, per attention GFLOP, ms, ms per cut
         self.decode_coef = (0.0, 0.0)    # ms per token, ms per token per 1000 cached tokens
-        self.scene_ms = 0.0
         self._vision_ms: Optional[float] = None   # running mean of observed vision times
         self._errors: Deque[float] = collections.deque(maxlen=window)   # (actual - predicted) / actual
 
@@ -98,10 +97,10 @@ class CostModel:
             self._obs.append(obs)
             self._fit()
 
-    def add_stage_times(self, scene_ms: float, vision_ms: float) -> None:
+    def add_vision_time(self, vision_ms: float) -> None:
+        # (the scene snapshot's time is spent before the controller decides: it is never predicted)
         with self._lock:
             first = self._vision_ms is None
-            self.scene_ms = scene_ms if first else 0.7 * self.scene_ms + 0.3 * scene_ms
             self._vision_ms = vision_ms if first else 0.7 * self._vision_ms + 0.3 * vision_ms
 
     def _fit(self) -> None:
@@ -240,4 +239,4 @@ def warmup_sweep(answerer, cost: CostModel, max_spatial: int, text_tokens: int =
         images = torch.zeros(1, model.image_size, model.image_size, 3, dtype=torch.uint8)
         start = answerer._now()
         model.image_features(images)
-        cost.add_stage_times(0.0, (answerer._now() - start) * 1e3)
+        cost.add_vision_time((answerer._now() - start) * 1e3)

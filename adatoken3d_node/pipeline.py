@@ -44,7 +44,7 @@ class AnswerPipeline:
         result = self.answerer.answer(job.question, scene, policy, job.max_new_tokens,
                                       on_token=job.on_token, should_stop=job.should_stop,
                                       temperature=self.temperature, top_p=self.top_p, seed=job.seq)
-        self._learn(scene, scene_ms, result, decision)
+        self._learn(result, decision)
         report = QueryReport(
             scene_ms=scene_ms,
             vision_ms=result.vision_ms,
@@ -65,7 +65,7 @@ class AnswerPipeline:
             return QueryOutcome(False, answer=result.text, error='cancelled', cancelled=True, report=report)
         return QueryOutcome(True, answer=result.text, report=report)
 
-    def _learn(self, scene, scene_ms: float, result, decision) -> None:
+    def _learn(self, result, decision) -> None:
         """Every answer refines the cost model; a budgeted one also scores the prediction."""
         if self.budget is None or not result.tokens_per_layer:
             return
@@ -74,6 +74,6 @@ class AnswerPipeline:
         cost.add(Observation(prefill_features(cost.shape, result.tokens_per_layer), result.prefill_ms,
                              max(generated - 1, 0), float(np.mean(result.tokens_per_layer)) + generated / 2,
                              result.decode_ms))
-        cost.add_stage_times(scene_ms, result.vision_ms)
+        cost.add_vision_time(result.vision_ms)
         if decision is not None:
             cost.record_error(decision.predicted_model_ms, result.prefill_ms + result.decode_ms)
