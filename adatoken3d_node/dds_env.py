@@ -9,19 +9,14 @@ import pathlib
 import random
 from typing import MutableMapping, Optional
 
+from .share import shipped
+
 PROFILE_NAME = 'fastdds_loopback.xml'
 
 
 def loopback_profile() -> str:
     """The project's loopback-only Fast DDS profile: installed share dir, else the source tree."""
-    try:
-        from ament_index_python.packages import get_package_share_directory
-        candidate = pathlib.Path(get_package_share_directory('adatoken3d')) / 'config' / PROFILE_NAME
-        if candidate.is_file():
-            return str(candidate)
-    except Exception:  # not in an ament index
-        pass
-    return str(pathlib.Path(__file__).resolve().parent.parent / 'config' / PROFILE_NAME)
+    return str(shipped(pathlib.Path('config') / PROFILE_NAME))
 
 
 def apply_loopback_environment(env: Optional[MutableMapping[str, str]] = None,

@@ -58,12 +58,8 @@ def parse_cli(argv: Sequence[str]) -> Dict[str, str]:
 
 def default_params_file() -> str:
     """The installed package's config/adatoken3d.yaml (source tree's as a fallback)."""
-    try:
-        from ament_index_python.packages import get_package_share_directory
-        share = pathlib.Path(get_package_share_directory(PACKAGE))
-    except Exception:  # not installed in an ament index: running from the source tree
-        share = pathlib.Path(__file__).resolve().parent.parent
-    return str(share / 'config' / 'adatoken3d.yaml')
+    from .share import shipped
+    return str(shipped(pathlib.Path('config') / 'adatoken3d.yaml'))
 
 
 def params_file(values: Dict[str, str]) -> str:

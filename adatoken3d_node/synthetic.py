@@ -32,6 +32,7 @@ MAX_RANGE_M = 20.0
 AREA_HALF_M = 2.0          # objects live inside [-2, 2] x [-2, 2]
 WALL_OFFSET_M = 4.5        # optional walls: planes x = -4.5 and y = -4.5
 WALL_HEIGHT_M = 2.5
+ROOM_HALF_M = 3.2          # room scenes: four walls at x = +-3.2 and y = +-3.2 around the object area
 _EPS = 1e-6
 
 
@@ -52,8 +53,13 @@ class SceneObject:
         return 0.5 * max(sx, sy)
 
 
-def make_scene(seed: int, n_objects: Optional[int] = None) -> List[SceneObject]:
-    """2-8 non-overlapping objects resting on the floor inside a 4 m x 4 m area (seeded)."""
+def make_scene(seed: int, n_objects: Optional[int] = None, unique: bool = False,
+               min_size_m: float = 0.2) -> List[SceneObject]:
+    """2-8 non-overlapping objects resting on the floor inside a 4 m x 4 m area (seeded).
+
+    unique: no two objects share both colour and shape, so "the red box" names one object
+    (question-answering scenes need that). min_size_m: smallest edge/diameter (largest is 0.6 m).
+    """
     rng = np.random.default_rng(seed)
     n = int(rng.integers(2, 9)) if n_objects is None else int(n_objects)
     names = list(COLOURS)
@@ -63,13 +69,15 @@ def make_scene(seed: int, n_objects: Optional[int] = None) -> List[SceneObject]:
             for _attempt in range(500):
                 shape = SHAPES[int(rng.integers(len(SHAPES)))]
                 colour = names[int(rng.integers(len(names)))]
+                if unique and any((o.shape, o.colour_name) == (shape, colour) for o in objects):
+                    continue
                 if shape == 'box':
-                    size = tuple(float(v) for v in rng.uniform(0.2, 0.6, 3))
+                    size = tuple(float(v) for v in rng.uniform(min_size_m, 0.6, 3))
                 elif shape == 'sphere':
-                    d = float(rng.uniform(0.2, 0.6))
+                    d = float(rng.uniform(min_size_m, 0.6))
                     size = (d, d, d)
                 else:
-                    d, h = (float(v) for v in rng.uniform(0.2, 0.6, 2))
+                    d, h = (float(v) for v in rng.uniform(min_size_m, 0.6, 2))
                     size = (d, d, h)
                 probe = SceneObject(shape, colour, COLOURS[colour], (0.0, 0.0, 0.0), size)
                 r = probe.footprint_radius
@@ -174,16 +182,55 @@ def _hit_cylinder(o, d, obj):
 _HITTERS = {'sphere': _hit_sphere, 'box': _hit_box, 'cylinder': _hit_cylinder}
 
 
-def _wall_hits(o, d):
-    """Two vertical walls x = -WALL_OFFSET_M and y = -WALL_OFFSET_M, 0 <= z <= WALL_HEIGHT_M."""
+def _screen_rays(obj, K, pose, width: int, height: int) -> Optional[np.ndarray]:
+    """Indices (into the H*W rays) of the pixels the object's bounding sphere can cover, or None
+    when the sphere reaches behind the image plane (then every ray is tested)."""
+    r = 0.5 * float(np.linalg.norm(obj.size)) + 1e-3
+    pose = np.asarray(pose, dtype=np.float64)
+    x, y, z = pose[:3, :3].T @ (np.asarray(obj.centre) - pose[:3, 3])      # optical frame
+    if z - r <= 0.05:
+        return None
+    corners = [((x + sx * r) / (z + sz * r), (y + sy * r) / (z + sz * r))
+               for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)]         # the sphere's box, projected
+    us = [K[0, 0] * a + K[0, 2] for a, _ in corners]
+    vs = [K[1, 1] * b + K[1, 2] for _, b in corners]
+    u0, u1 = max(int(np.floor(min(us))) - 1, 0), min(int(np.ceil(max(us))) + 1, width - 1)
+    v0, v1 = max(int(np.floor(min(vs))) - 1, 0), min(int(np.ceil(max(vs))) + 1, height - 1)
+    if u0 > u1 or v0 > v1:
+        return np.zeros(0, dtype=np.int64)
+    rows, cols = np.meshgrid(np.arange(v0, v1 + 1), np.arange(u0, u1 + 1), indexing='ij')
+    return (rows * width + cols).ravel()
+
+
+def _checker(points: np.ndarray) -> np.ndarray:
+    """Boxes: a 0.15 m checkerboard, light squares at full brightness, dark ones at half."""
+    cells = np.floor(points / 0.15).astype(np.int64).sum(axis=1)
+    return np.where(cells % 2 == 0, 1.0, 0.5)
+
+
+def _bands(points: np.ndarray) -> np.ndarray:
+    """Cylinders: horizontal bands 0.1 m high, alternating full and half brightness."""
+    return np.where(np.floor(points[:, 2] / 0.1).astype(np.int64) % 2 == 0, 1.0, 0.5)
+
+
+# The material of each shape (render(textured=True)): like the materials of real object classes, it
+# makes the shape visible in a small patch, not only in an object's outline; spheres are plain.
+SHAPE_TEXTURES = {'box': _checker, 'cylinder': _bands}
+
+
+def _wall_hits(o, d, room_half_m: Optional[float] = None):
+    """Vertical walls, 0 <= z <= WALL_HEIGHT_M: x = -WALL_OFFSET_M and y = -WALL_OFFSET_M, or, with
+    room_half_m, the four walls x = +-room_half_m and y = +-room_half_m of a closed room."""
+    planes = ([(0, -WALL_OFFSET_M), (1, -WALL_OFFSET_M)] if room_half_m is None else
+              [(axis, sign * room_half_m) for axis in (0, 1) for sign in (-1.0, 1.0)])
     out = []
-    for axis in (0, 1):
+    for axis, offset in planes:
         with np.errstate(divide='ignore', invalid='ignore'):
-            t = (-WALL_OFFSET_M - o[axis]) / d[:, axis]
+            t = (offset - o[axis]) / d[:, axis]
         z = o[2] + t * d[:, 2]
         good = np.isfinite(t) & (t > _EPS) & (z >= 0) & (z <= WALL_HEIGHT_M)
         n = np.zeros_like(d)
-        n[:, axis] = 1.0
+        n[:, axis] = -np.sign(offset)      # facing the room
         out.append((np.where(good, t, np.inf), n))
     return out
 
@@ -200,26 +247,42 @@ def pixel_rays(K: np.ndarray, pose: np.ndarray, width: int, height: int):
 
 
 def render(objects: Sequence[SceneObject], K: np.ndarray, pose: np.ndarray, width: int, height: int,
-           walls: bool = False) -> Tuple[np.ndarray, np.ndarray]:
-    """Ray-cast one ray per pixel centre; returns (rgb (H,W,3) uint8, depth (H,W) uint16 mm)."""
+           walls: bool = False, room_half_m: Optional[float] = None,
+           textured: bool = False) -> Tuple[np.ndarray, np.ndarray]:
+    """Ray-cast one ray per pixel centre; returns (rgb (H,W,3) uint8, depth (H,W) uint16 mm).
+    walls: two walls behind the scene; room_half_m: a closed square room of that half-width instead.
+    textured: each shape has its material's pattern (SHAPE_TEXTURES) over its colour."""
     o, d = pixel_rays(K, pose, width, height)
     n_rays = len(d)
     best_t = np.full(n_rays, np.inf)
     best_n = np.zeros((n_rays, 3))
     best_rgb = np.tile(np.asarray(SKY_RGB, dtype=np.float64), (n_rays, 1))
     shaded = np.zeros(n_rays, dtype=bool)
+    shape_of = np.full(n_rays, '', dtype=object) if textured else None
 
-    candidates = [(_hit_plane_z(o, d, 0.0), FLOOR_RGB)]
-    if walls:
-        candidates += [(hit, WALL_RGB) for hit in _wall_hits(o, d)]
+    # (ray indices or None for all, (t, normals) of those rays, colour); an object is only
+    # intersected with the rays of its projected bounding box: most of the image never meets it.
+    candidates = [(None, _hit_plane_z(o, d, 0.0), FLOOR_RGB)]
+    if walls or room_half_m is not None:
+        candidates += [(None, hit, WALL_RGB) for hit in _wall_hits(o, d, room_half_m)]
     for obj in objects:
-        candidates.append((_HITTERS[obj.shape](o, d, obj), obj.rgb))
-    for (t, n), rgb in candidates:
-        closer = t < best_t
-        best_t = np.where(closer, t, best_t)
-        best_n[closer] = n[closer]
-        best_rgb[closer] = rgb
-        shaded |= closer
+        rays = _screen_rays(obj, K, pose, width, height)
+        candidates.append((rays, _HITTERS[obj.shape](o, d if rays is None else d[rays], obj), obj.rgb, obj.shape))
+    for rays, (t, n), rgb, *shape in candidates:
+        rays = np.arange(n_rays) if rays is None else rays
+        closer = t < best_t[rays]
+        hit = rays[closer]
+        best_t[hit] = t[closer]
+        best_n[hit] = n[closer]
+        best_rgb[hit] = rgb
+        shaded[hit] = True
+        if textured:
+            shape_of[hit] = shape[0] if shape else ''
+    if textured:
+        for shape_name, pattern in SHAPE_TEXTURES.items():
+            on = np.flatnonzero((shape_of == shape_name) & np.isfinite(best_t))
+            if len(on):
+                best_rgb[on] *= pattern(o + d[on] * best_t[on, None])[:, None]
 
     ray_len = best_t * np.linalg.norm(d, axis=1)
     valid = np.isfinite(best_t) & (ray_len <= MAX_RANGE_M)
@@ -284,6 +347,36 @@ def orbit_frames(objects: Sequence[SceneObject], n_views: int = 12, width: int =
         eye = centre + np.array([radius * np.cos(angle), radius * np.sin(angle), height_m])
         pose = look_at(eye, centre)
         rgb, depth = render(objects, K, pose, width, height, walls=walls)
+        if defects:
+            depth = add_depth_defects(depth, rng)
+        frames.append(RGBDFrame(rgb=rgb, depth=depth, K=K.copy(), pose=pose, stamp_ns=start_ns + i * period_ns))
+    return frames
+
+
+def room_frames(objects: Sequence[SceneObject], n_views: int = 8, width: int = 214, height: int = 160,
+                seed: int = 0, defects: bool = True, room_half_m: float = ROOM_HALF_M,
+                max_range_m: float = 4.5, start_ns: int = 1_000_000_000, period_s: float = 0.2) -> List[RGBDFrame]:
+    """A robot's camera walking once around the inside of a closed room, looking at its middle.
+
+    Seeded per scene: start angle, direction, distance from the room centre (2.5-2.9 m), camera
+    height (1.0-1.6 m) and aim (a point within 0.4 m of the centre) vary, so no two scenes are
+    seen from the same poses. The room centre is the world origin; objects stand inside +-2 m.
+    Depth reads 0 beyond max_range_m, as an RGB-D camera's does (the colour still shows it).
+    Objects are textured by shape (SHAPE_TEXTURES).
+    """
+    K = intrinsics(width, height)
+    rng = np.random.default_rng(seed)
+    start, direction = rng.uniform(0, 2 * np.pi), rng.choice([-1.0, 1.0])
+    period_ns = int(round(period_s * 1e9))
+    frames = []
+    for i in range(n_views):
+        angle = start + direction * 2.0 * np.pi * (i + rng.uniform(-0.2, 0.2)) / n_views
+        radius, cam_height = rng.uniform(2.5, 2.9), rng.uniform(1.0, 1.6)
+        eye = np.array([radius * np.cos(angle), radius * np.sin(angle), cam_height])
+        target = np.array([*rng.uniform(-0.4, 0.4, 2), rng.uniform(0.0, 0.3)])
+        pose = look_at(eye, target)
+        rgb, depth = render(objects, K, pose, width, height, room_half_m=room_half_m, textured=True)
+        depth[depth > max_range_m * 1000.0] = 0
         if defects:
             depth = add_depth_defects(depth, rng)
         frames.append(RGBDFrame(rgb=rgb, depth=depth, K=K.copy(), pose=pose, stamp_ns=start_ns + i * period_ns))

@@ -295,3 +295,20 @@ def test_scene_pipeline_counts():
     vt = voxel_pool(torch.randn(len(pts), 32), pts)
     assert int(vt.counts.sum()) == len(pts) == sum(int(o.sum()) for o in oks)
     assert (vt.patch_to_voxel >= 0).all() and vt.features.shape[0] <= 2560
+
+
+@pytest.mark.parametrize('mode', ['nearest', 'centre'])
+def test_one_pixel_patch_modes_fast_path_equals_the_full_back_projection(mode):
+    from adatoken3d_node.perception.frontend import nearest_patch_xyz
+    rng = np.random.default_rng(0)
+    depth = rng.uniform(0.5, 3.0, (160, 160)).astype(np.float32)
+    depth[rng.random((160, 160)) < 0.1] = 0.0
+    K = np.array([[150.0, 0.0, 79.5], [0.0, 150.0, 79.5], [0.0, 0.0, 1.0]])
+    pose = np.eye(4)
+    pose[:3, 3] = [1.0, 2.0, 3.0]
+    fast, fast_valid = nearest_patch_xyz(depth, K, pose, 16, mode)
+    xyz, valid = backproject(depth, K, pose)
+    full, full_valid = patch_xyz(xyz, valid, 16, mode)
+    assert np.array_equal(fast_valid, full_valid) and np.allclose(fast, full, equal_nan=True, atol=1e-6)
+    h = 5 if mode == 'centre' else 0   # patch (2, 3) of 10 px: its centre pixel, or its top-left one
+    assert np.allclose(full[2 * 16 + 3], xyz[20 + h, 30 + h], equal_nan=True)

@@ -17,7 +17,7 @@ context-length limits are the caller's business. No ROS imports.
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from torch import nn
@@ -62,6 +62,9 @@ class Llava3DConfig:
     mm_hidden_size: int = 1024              # CLIP width C
     mm_video_tower: str = "SpatialAwareModule"
     num_frames: int = 20                    # views per scene the model was trained with
+    # adatoken3d_patch_xyz: how the checkpoint was trained to place patches in 3D (the front end's
+    # patch_xyz); None = LLaVA-3D's 'nearest'. The node's patch_xyz: auto follows it.
+    patch_xyz: Optional[str] = None
 
     def __post_init__(self):
         if self.mm_vision_select_feature != "patch":
@@ -79,6 +82,8 @@ class Llava3DConfig:
             raise ValueError(f"mm_video_tower {self.mm_video_tower!r} is not supported (known: 'SpatialAwareModule')")
         if not isinstance(self.mm_vision_select_layer, int) or isinstance(self.mm_vision_select_layer, bool):
             raise ValueError(f"mm_vision_select_layer must be an integer, got {self.mm_vision_select_layer!r}")
+        if self.patch_xyz not in (None, "nearest", "centre", "median"):
+            raise ValueError(f"adatoken3d_patch_xyz {self.patch_xyz!r} is not one of nearest, centre, median")
         if not isinstance(self.mm_hidden_size, int) or self.mm_hidden_size < 1:
             raise ValueError(f"mm_hidden_size must be a positive integer, got {self.mm_hidden_size!r}")
 
@@ -111,7 +116,8 @@ class Llava3DConfig:
         text_config = LlamaConfig(**{k: d[k] for k in LLAMA_KEYS if k in d and not (k == "rope_scaling" and d[k] is None)})
         mm = {k: d[k] for k in ("mm_vision_select_layer", "mm_vision_select_feature", "mm_projector_type",
                                 "mm_hidden_size", "mm_video_tower", "num_frames") if d.get(k) is not None}
-        return cls(text_config=text_config, mm_vision_tower=str(d["mm_vision_tower"]), **mm)
+        return cls(text_config=text_config, mm_vision_tower=str(d["mm_vision_tower"]),
+                   patch_xyz=d.get("adatoken3d_patch_xyz"), **mm)
 
 
 class PositionEmbedding3D(nn.Module):
@@ -231,6 +237,11 @@ class Llava3D(nn.Module):
     def patch_grid(self) -> int:
         """Patches per side (24 for the released CLIP): P = patch_grid ** 2."""
         return self.vision_tower.config.image_size // self.vision_tower.config.patch_size
+
+    @property
+    def patch_xyz(self) -> str:
+        """The patch position mode this checkpoint was trained with ('nearest' unless its config says)."""
+        return self.config.patch_xyz or "nearest"
 
     @property
     def is_untrained(self) -> bool:

@@ -24,7 +24,7 @@ from .keyframes import KeyframeMemory, KeyframePolicy, View
 class FrontEndConfig:
     image_size: int = 336            # vision tower input (CLIP ViT-L/14-336)
     patch_grid: int = 24             # patches per side: image_size / 14
-    patch_xyz: str = 'nearest'       # 'nearest' (LLaVA-3D) or 'median' (robust to depth noise)
+    patch_xyz: str = 'nearest'       # 'nearest' (LLaVA-3D), 'centre' or 'median' (robust to depth noise)
     voxel_size: float = 0.2          # metres
     max_spatial_tokens: int = 2560
     keyframes: KeyframePolicy = KeyframePolicy()
@@ -58,16 +58,20 @@ class SceneGeometry:
         return max(self.stamps_ns) if self.stamps_ns else 0
 
 
-def nearest_patch_xyz(depth: np.ndarray, K: np.ndarray, pose: np.ndarray, grid: int):
-    """patch_xyz(backproject(...), mode='nearest') computed on the grid x grid sampled pixels only.
+def nearest_patch_xyz(depth: np.ndarray, K: np.ndarray, pose: np.ndarray, grid: int, mode: str = 'nearest'):
+    """patch_xyz(backproject(...), mode) for the one-pixel modes ('nearest', 'centre'), computed on
+    the grid x grid sampled pixels only.
 
-    Nearest mode uses pixel (r*p, c*p) of each patch, so back-projecting the other p*p - 1 pixels
-    is wasted work: sampling depth first and scaling K by 1/p gives the same points (the pixel
-    u = p * u_sub satisfies (u - cx) / fx == (u_sub - cx/p) / (fx/p)).
+    These modes use pixel (r*p + h, c*p + h) of each patch (h = 0, or p // 2 for centre), so
+    back-projecting the other p*p - 1 pixels is wasted work: sampling depth first and scaling K
+    gives the same points (the pixel u = p * u_sub + h satisfies
+    (u - cx) / fx == (u_sub - (cx - h)/p) / (fx/p)).
     """
     p = depth.shape[0] // grid
-    sub = np.ascontiguousarray(depth[::p, ::p][:grid, :grid])         # (G, G)
-    xyz, valid = backproject(sub, np.diag([1.0 / p, 1.0 / p, 1.0]) @ K, pose)
+    h = p // 2 if mode == 'centre' else 0
+    sub = np.ascontiguousarray(depth[h::p, h::p][:grid, :grid])        # (G, G)
+    K_sub = np.array([[K[0, 0] / p, 0.0, (K[0, 2] - h) / p], [0.0, K[1, 1] / p, (K[1, 2] - h) / p], [0.0, 0.0, 1.0]])
+    xyz, valid = backproject(sub, K_sub, pose)
     centres = np.where(valid[..., None], xyz, np.nan).reshape(grid * grid, 3).astype(np.float32)
     return centres, valid.reshape(-1)
 
@@ -88,8 +92,8 @@ class SceneFrontEnd:
             return decision
         size, grid = self.config.image_size, self.config.patch_grid
         rgb_s, depth_s, K_s = resize_crop_view(rgb, depth, K, size)       # (S,S,3), (S,S), (3,3)
-        if self.config.patch_xyz == 'nearest':
-            centres, patch_valid = nearest_patch_xyz(depth_s, K_s, pose, grid)
+        if self.config.patch_xyz in ('nearest', 'centre'):
+            centres, patch_valid = nearest_patch_xyz(depth_s, K_s, pose, grid, self.config.patch_xyz)
         else:
             xyz, valid = backproject(depth_s, K_s, pose)                 # (S,S,3) fixed frame, (S,S)
             centres, patch_valid = patch_xyz(xyz, valid, grid, self.config.patch_xyz)   # (P,3), (P,)
@@ -124,16 +128,23 @@ class SceneFrontEnd:
         return scene
 
     def _build_scene(self, views: Tuple[View, ...]) -> SceneGeometry:
-        size, patches = self.config.image_size, self.config.patch_grid ** 2
-        if not views:
-            empty = voxel_pool(torch.zeros(0, 0), torch.zeros(0, 3), self.config.voxel_size,
-                               self.config.max_spatial_tokens)
-            return SceneGeometry(np.zeros((0, size, size, 3), np.uint8), np.zeros((0, patches, 3), np.float32),
-                                 np.zeros((0, patches), bool), empty, (), ())
-        patch_xyz_all = np.stack([v.extras['patch_xyz'] for v in views])      # (V, P, 3)
-        patch_valid = np.stack([v.extras['patch_valid'] for v in views])      # (V, P)
-        xyz = torch.from_numpy(patch_xyz_all[patch_valid])                    # (N, 3) valid patches only
-        tokens = voxel_pool(torch.zeros(xyz.shape[0], 0), xyz, self.config.voxel_size,
-                            self.config.max_spatial_tokens)
-        return SceneGeometry(np.stack([v.rgb for v in views]), patch_xyz_all, patch_valid, tokens,
-                             tuple(v.stamp_ns for v in views), tuple(v.frame_id for v in views))
+        return build_scene_geometry(
+            np.stack([v.rgb for v in views]) if views else None,
+            np.stack([v.extras['patch_xyz'] for v in views]) if views else None,
+            np.stack([v.extras['patch_valid'] for v in views]) if views else None,
+            tuple(v.stamp_ns for v in views), tuple(v.frame_id for v in views), self.config)
+
+
+def build_scene_geometry(images: Optional[np.ndarray], patch_xyz_all: Optional[np.ndarray],
+                         patch_valid: Optional[np.ndarray], stamps_ns: Tuple[int, ...], frame_ids: Tuple[str, ...],
+                         config: FrontEndConfig) -> SceneGeometry:
+    """Views' per-patch geometry -> SceneGeometry (what scene() returns; training uses it directly).
+    images (V, S, S, 3) uint8, patch_xyz_all (V, P, 3), patch_valid (V, P); None for no views."""
+    size, patches = config.image_size, config.patch_grid ** 2
+    if images is None or len(images) == 0:
+        empty = voxel_pool(torch.zeros(0, 0), torch.zeros(0, 3), config.voxel_size, config.max_spatial_tokens)
+        return SceneGeometry(np.zeros((0, size, size, 3), np.uint8), np.zeros((0, patches, 3), np.float32),
+                             np.zeros((0, patches), bool), empty, (), ())
+    xyz = torch.from_numpy(patch_xyz_all[patch_valid])                    # (N, 3) valid patches only
+    tokens = voxel_pool(torch.zeros(xyz.shape[0], 0), xyz, config.voxel_size, config.max_spatial_tokens)
+    return SceneGeometry(images, patch_xyz_all, patch_valid, tokens, tuple(stamps_ns), tuple(frame_ids))

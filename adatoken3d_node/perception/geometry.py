@@ -93,6 +93,8 @@ def patch_xyz(xyz: np.ndarray, valid: np.ndarray, grid: int = 24, mode: str = 'n
     Patch (r, c) covers pixels [r*p, (r+1)*p) x [c*p, (c+1)*p), p = S // grid.
     nearest: the patch's top-left pixel (r*p, c*p), which is what LLaVA-3D's
         F.interpolate(mode='nearest') to grid x grid picks; invalid if that pixel has no depth.
+    centre: the patch's centre pixel (r*p + p//2, c*p + p//2): one pixel like nearest, but where
+        the patch is, so a small object's patch is not placed on the floor beside it.
     median: per-coordinate median of the patch's valid pixels (torch.nanmedian: the lower
         middle value for an even count); invalid when fewer than `min_valid` of the patch's
         pixels have depth.
@@ -102,9 +104,10 @@ def patch_xyz(xyz: np.ndarray, valid: np.ndarray, grid: int = 24, mode: str = 'n
     if valid.shape != (S, S) or xyz.shape != (S, S, 3) or S % grid:
         raise ValueError(f'need a square xyz map divisible by grid={grid}, got {xyz.shape}')
     p = S // grid
-    if mode == 'nearest':
-        centres = xyz[::p, ::p].astype(np.float32)  # (grid, grid, 3)
-        ok = valid[::p, ::p].copy()
+    if mode in ('nearest', 'centre'):
+        h = p // 2 if mode == 'centre' else 0
+        centres = xyz[h::p, h::p].astype(np.float32)  # (grid, grid, 3)
+        ok = valid[h::p, h::p].copy()
     elif mode == 'median':
         # (grid, p, grid, p, 3) -> (grid, grid, 3, p*p): one row of p*p pixels per patch coordinate
         blocks = xyz.reshape(grid, p, grid, p, 3).transpose(0, 2, 4, 1, 3).reshape(grid, grid, 3, p * p)
@@ -113,7 +116,7 @@ def patch_xyz(xyz: np.ndarray, valid: np.ndarray, grid: int = 24, mode: str = 'n
         centres = blocks.nanmedian(dim=-1).values.numpy()
         ok = mask[:, :, 0].sum(-1) >= max(1, math.ceil(min_valid * p * p))
     else:
-        raise ValueError(f'unknown patch mode {mode!r} (nearest, median)')
+        raise ValueError(f'unknown patch mode {mode!r} (nearest, centre, median)')
     centres[~ok] = np.nan
     return centres.reshape(grid * grid, 3), ok.reshape(grid * grid)
 
