@@ -5,6 +5,8 @@
 #   make test    set up (first run ~2 min, later runs reuse .venv) and run pytest
 #   make demo    set up and run the main job
 #   make bench   set up and run the benchmarks (writes benchmarks/results/*.json)
+#   make train-tiny  regenerate the synthetic data and retrain the shipped scene model (~25 min on 2 cores),
+#                then calibrate its gating profile (models/scene-llava3d-tiny, models/gating_profiles)
 #
 # Every target that starts ROS processes uses the loopback-only Fast DDS profile
 # and a ROS_DOMAIN_ID of its own, so that DDS traffic never leaves this machine
@@ -25,12 +27,12 @@ export ROS_DOMAIN_ID
 
 INTERFACE_SOURCES := $(shell find ros2_ws/src/adatoken3d_interfaces ros2_ws/pip_only -type f) tools/pip_ros_env.py
 PACKAGE_SOURCES := setup.py setup.cfg package.xml resource/adatoken3d \
-	$(shell find adatoken3d_node launch config models -maxdepth 3 -type f \( -name '*.py' -o -name '*.yaml' -o -name '*.xml' -o -name '*.md' -o -name '*.json' \) -not -path '*/tiny-random/*')
+	$(shell find adatoken3d_node launch config models -maxdepth 3 -type f \( -name '*.py' -o -name '*.yaml' -o -name '*.xml' -o -name '*.md' -o -name '*.json' -o -name '*.safetensors' \))
 
-.PHONY: setup test demo bench lock check-loopback clean
+.PHONY: setup test demo bench train-tiny lock check-loopback clean
 .DEFAULT_GOAL := setup
 
-setup: $(VENV)/.stamp-package $(VENV)/.stamp-tiny-model
+setup: $(VENV)/.stamp-package
 
 $(VENV)/.stamp-deps: requirements/requirements.txt $(CONSTRAINTS)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python 3.10+ is needed")'
@@ -49,11 +51,6 @@ $(VENV)/.stamp-package: $(VENV)/.stamp-interfaces $(PACKAGE_SOURCES)
 	rm -rf build/lib build/bdist.* adatoken3d.egg-info
 	touch $@
 
-# The random-weight tiny LLaVA-3D (and its tiny CLIP) that the node uses when no model_path is set.
-$(VENV)/.stamp-tiny-model: $(VENV)/.stamp-package
-	$(VENV)/bin/adatoken3d-make-tiny-llava3d
-	touch $@
-
 test: setup
 	$(VENV)/bin/pytest
 
@@ -64,6 +61,13 @@ bench: setup
 	$(PY) -m benchmarks.bench_query
 	$(PY) -m benchmarks.bench_perception
 	$(PY) -m benchmarks.bench_gating
+	$(PY) -m benchmarks.bench_accuracy
+
+# Retrain the shipped model from scratch (seeded), calibrate its gating profile, reinstall.
+train-tiny: $(VENV)/.stamp-interfaces
+	$(PY) -m adatoken3d_node.training.train --out models/scene-llava3d-tiny
+	$(PY) -m adatoken3d_node.model.calibrate models/scene-llava3d-tiny --dataset synthetic:val:40 --ship
+	$(MAKE) setup
 
 # Regenerate the lock file from what is installed in .venv.
 lock: $(VENV)/.stamp-deps

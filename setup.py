@@ -7,6 +7,7 @@ on the venv's PATH. Dependencies are system/venv packages (package.xml,
 requirements/), not install_requires, as usual for ROS packages.
 """
 import glob
+import os
 
 from setuptools import find_packages, setup
 
@@ -23,6 +24,9 @@ setup(
         (f'share/{PACKAGE}/config', glob.glob('config/*.yaml') + glob.glob('config/*.xml')),
         (f'share/{PACKAGE}/models', glob.glob('models/*.md') + glob.glob('models/*.json')),
         (f'share/{PACKAGE}/models/gating_profiles', glob.glob('models/gating_profiles/*.json')),
+        # the trained default model (a checkpoint directory, its CLIP in vision_tower/)
+        *[(f'share/{PACKAGE}/{d}', [f for f in sorted(glob.glob(f'{d}/*')) if os.path.isfile(f)])
+          for d in sorted(glob.glob('models/*/')) + sorted(glob.glob('models/*/*/')) if 'gating_profiles' not in d],
     ],
     install_requires=['setuptools'],
     zip_safe=True,
@@ -38,6 +42,7 @@ setup(
             'adatoken3d-bag = adatoken3d_node.bags:main',
             'adatoken3d-make-tiny-llava3d = adatoken3d_node.model.tiny_llava3d:main',
             'adatoken3d-calibrate = adatoken3d_node.model.calibrate:main',
+            'adatoken3d-train-tiny = adatoken3d_node.training.train:main',
         ],
     },
 )

@@ -46,13 +46,13 @@ from .model.calibrate import resolve_gating
 from .model.engine import ModelLoadError
 from .model.llava3d import parse_locations
 from .model.scene_qa import SceneAnswerer
-from .model.tiny_llava3d import default_tiny_llava3d_dir, ensure_tiny_llava3d
 from .perception.frontend import FrontEndConfig, SceneFrontEnd
 from .perception.keyframes import KeyframePolicy
 from .budget import BudgetController, CostModel, warmup_sweep
 from .pipeline import AnswerPipeline
 from .queries import QueryLimits, QueryOutcome, QueryReport, QueryWorker, resolve_request
 from .ros_backends import make_tf_and_sync
+from .share import default_model_dir
 from .sensors import SensorConfig, SensorPipeline, sync_keys
 from .stats import LatencyStats
 
@@ -122,10 +122,8 @@ class Adatoken3dNode(LifecycleNode):
         if problems:
             self.get_logger().error('configure failed, invalid parameters: ' + '; '.join(problems))
             return TransitionCallbackReturn.FAILURE
-        model_path = config['model_path'] or str(default_tiny_llava3d_dir())
+        model_path = config['model_path'] or str(default_model_dir())
         try:
-            if not config['model_path']:
-                ensure_tiny_llava3d(model_path)  # set-up normally made it already
             answerer = SceneAnswerer.load(model_path, config['vision_tower_path'], device=config['device'],
                                           dtype=config['dtype'], allow_pickle=config['allow_pickle'])
         except (ModelLoadError, ValueError, OSError) as error:
@@ -139,11 +137,12 @@ class Adatoken3dNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         if answerer.is_untrained:
             self.get_logger().warning(
-                f'model {model_path} is the random-weight tiny model: it is UNTRAINED and its answers '
-                'mean nothing. Set model_path to a real checkpoint for meaningful answers.')
+                f'model {model_path} is a random-weight tiny model: it is UNTRAINED and its answers '
+                'mean nothing. Set model_path to a trained checkpoint for meaningful answers.')
         model = answerer.model
         self._frontend = SceneFrontEnd(FrontEndConfig(
-            image_size=model.image_size, patch_grid=model.patch_grid, patch_xyz=config['patch_xyz'],
+            image_size=model.image_size, patch_grid=model.patch_grid,
+            patch_xyz=model.patch_xyz if config['patch_xyz'] == 'auto' else config['patch_xyz'],
             voxel_size=config['voxel_size'], max_spatial_tokens=config['max_spatial_tokens'],
             keyframes=KeyframePolicy(max_views=config['max_views'],
                                      min_translation_m=config['keyframe_min_translation_m'],

@@ -35,8 +35,9 @@ PARAMETERS = (
     ParameterSpec('fixed_frame', 'map',
                   'Frame in which views are fused; frame_id of answers and metrics.'),
     ParameterSpec('model_path', '',
-                  'LLaVA-3D checkpoint directory (config.json, *.safetensors, tokenizer files). Empty: the '
-                  'random-weight tiny LLaVA-3D created at set-up, which is untrained (its words mean nothing).'),
+                  'LLaVA-3D checkpoint directory (config.json, *.safetensors, tokenizer files). Empty: the small '
+                  'scene LLaVA-3D shipped in models/scene-llava3d-tiny, trained on synthetic rooms of coloured '
+                  'boxes, spheres and cylinders (it knows nothing else).'),
     ParameterSpec('vision_tower_path', '',
                   "Local CLIP directory (LLaVA-3D's checkpoint does not hold the CLIP weights). Empty: the "
                   "checkpoint's mm_vision_tower, which must then be a local directory."),
@@ -95,9 +96,11 @@ PARAMETERS = (
                   min_value=0.0),
     ParameterSpec('keyframe_max_interval_s', 10.0, '... or this much time passed (a still robot refreshes its memory).',
                   min_value=0.0),
-    ParameterSpec('patch_xyz', 'nearest',
-                  "3D position of a patch: nearest (LLaVA-3D: one pixel) or median (of the patch's valid pixels).",
-                  choices=('nearest', 'median')),
+    ParameterSpec('patch_xyz', 'auto',
+                  "3D position of a patch: nearest (LLaVA-3D: its top-left pixel), centre (its centre pixel), "
+                  "median (of its valid pixels), or auto: what the checkpoint was trained with (config.json "
+                  "adatoken3d_patch_xyz; nearest when it does not say).",
+                  choices=('auto', 'nearest', 'centre', 'median')),
     ParameterSpec('voxel_size', 0.2, 'Edge of the voxels that pool patches into spatial tokens, metres.',
                   min_value=0.01),
     ParameterSpec('max_spatial_tokens', 2560,

@@ -67,14 +67,8 @@ def checkpoint_id(path) -> str:
 def profile_candidates(model_path) -> List[pathlib.Path]:
     """Where `gating: auto` looks for the profile of the checkpoint at model_path, in order."""
     name = f'{checkpoint_id(model_path)}.json'
-    places = [pathlib.Path(model_path) / PROFILE_NAME]
-    try:  # the installed package's share directory (ament index), when there is one
-        from ament_index_python.packages import get_package_share_directory
-        places.append(pathlib.Path(get_package_share_directory('adatoken3d')) / SHIPPED_PROFILES / name)
-    except Exception:
-        pass
-    places.append(pathlib.Path(__file__).resolve().parent.parent.parent / SHIPPED_PROFILES / name)  # source tree
-    return places
+    from ..share import share_candidates
+    return [pathlib.Path(model_path) / PROFILE_NAME, *share_candidates(SHIPPED_PROFILES / name)]
 
 
 def resolve_gating(text: str, model_path) -> str:
@@ -99,6 +93,7 @@ class LayerStats:
 
 def mine(model, tokenizer, scenes, questions: Sequence[str]):
     """Dense prefill of every (scene, question), scored at layers 1..L-1 (nothing is pruned).
+    scenes: SceneGeometry, or (SceneGeometry, its own questions) pairs that replace `questions`.
 
     Returns ({layer: LayerStats}, [(prompt tokens, spatial tokens) per prompt]).
     """
@@ -111,8 +106,9 @@ def mine(model, tokenizer, scenes, questions: Sequence[str]):
     token_counts = []
     with torch.inference_mode():
         for scene in scenes:
+            scene, own = scene if isinstance(scene, tuple) else (scene, None)
             spatial = model.spatial_embeddings(scene)
-            for question in questions:
+            for question in own or questions:
                 inputs = model.build_inputs(question, spatial, tokenizer)
                 result = gated.prefill(inputs.inputs_embeds, inputs.spatial_mask, probe)
                 mask = inputs.spatial_mask.cpu()
@@ -173,6 +169,7 @@ def fit_schedule(stats: Dict[int, LayerStats], shape: LlamaShape, tokens: int, s
 def calibrate(model, tokenizer, model_path, scenes, questions, target: float) -> dict:
     start = time.monotonic()
     stats, token_counts = mine(model, tokenizer, scenes, questions)
+    n_questions = len({q for scene in scenes if isinstance(scene, tuple) for q in scene[1]} or questions)
     tokens = int(np.median([t for t, _ in token_counts]))
     spatial = int(np.median([s for _, s in token_counts]))
     shape = LlamaShape.from_config(model.language_model.config)
@@ -184,7 +181,7 @@ def calibrate(model, tokenizer, model_path, scenes, questions, target: float) ->
         'checkpoint_id': checkpoint_id(model_path),
         'model_path': str(model_path),
         'untrained_model': bool(getattr(model, 'is_untrained', False)),
-        'calibration': {'scenes': len(scenes), 'questions': len(questions), 'prompts': len(token_counts),
+        'calibration': {'scenes': len(scenes), 'questions': n_questions, 'prompts': len(token_counts),
                         'median_tokens': tokens, 'median_spatial_tokens': spatial,
                         'seconds': round(time.monotonic() - start, 1)},
         'layers': layers,
@@ -195,8 +192,19 @@ def calibrate(model, tokenizer, model_path, scenes, questions, target: float) ->
     }
 
 
+def synthetic_scenes(split: str, count: int, model) -> list:
+    """(SceneGeometry, its questions) of `count` rendered scenes of a training.dataset split."""
+    from ..perception.frontend import FrontEndConfig
+    from ..training.dataset import render_split
+    from ..training.evaluate import scene_questions
+    config = FrontEndConfig(image_size=model.image_size, patch_grid=model.patch_grid, patch_xyz=model.patch_xyz)
+    return [(record.geometry(config), [qa.question for qa in scene_questions(record)])
+            for record in render_split(split, count, config)]
+
+
 def scenes_from_datasets(specs: Sequence[str], model) -> list:
-    """'redwood:DIR' / 'tum:DIR' -> one SceneGeometry per dataset, every frame kept."""
+    """'redwood:DIR' / 'tum:DIR' -> one SceneGeometry per dataset, every frame kept;
+    'synthetic:SPLIT:COUNT' -> COUNT rendered scenes, each with its own generated questions."""
     from ..datasets import load_redwood, load_tum_single
     from ..perception.frontend import FrontEndConfig, SceneFrontEnd
     from ..perception.keyframes import KeyframePolicy
@@ -204,9 +212,14 @@ def scenes_from_datasets(specs: Sequence[str], model) -> list:
     scenes = []
     for spec in specs:
         kind, _, directory = spec.partition(':')
+        if kind == 'synthetic':
+            split, _, count = directory.partition(':')
+            scenes += synthetic_scenes(split, int(count or 40), model)
+            continue
         if kind not in loaders:
-            raise ValueError(f'--dataset {spec!r}: kind must be one of {sorted(loaders)}')
+            raise ValueError(f'--dataset {spec!r}: kind must be one of {sorted(loaders) + ["synthetic"]}')
         frontend = SceneFrontEnd(FrontEndConfig(image_size=model.image_size, patch_grid=model.patch_grid,
+                                                patch_xyz=model.patch_xyz,
                                                 keyframes=KeyframePolicy(min_translation_m=0.0,
                                                                          min_rotation_deg=0.0)))
         for frame in loaders[kind](directory):
@@ -222,13 +235,16 @@ def main(argv=None) -> int:
     parser.add_argument('model_path')
     parser.add_argument('--vision-tower', default=None, help='local CLIP directory (default: config.json)')
     parser.add_argument('--dataset', action='append', required=True, metavar='KIND:DIR',
-                        help='calibration scene, e.g. redwood:../shared/data/redwood_livingroom_5 (repeatable)')
+                        help='calibration scenes, e.g. redwood:../shared/data/redwood_livingroom_5, or '
+                             'synthetic:val:40 (rendered scenes with their own questions); repeatable')
     parser.add_argument('--questions', default=None, help='text file, one question per line')
     parser.add_argument('--target-flops-reduction', type=float, default=0.63)
     parser.add_argument('--device', default='auto')
     parser.add_argument('--dtype', default='auto')
     parser.add_argument('--output', default=None,
                         help=f'default: MODEL_DIR/{PROFILE_NAME}; to ship it: {SHIPPED_PROFILES}/<checkpoint id>.json')
+    parser.add_argument('--ship', action='store_true',
+                        help=f'write to the source tree\'s {SHIPPED_PROFILES}/<checkpoint id>.json (overrides --output)')
     args = parser.parse_args(argv)
     from .loader import load_llava3d
     model, tokenizer, _ = load_llava3d(args.model_path, args.vision_tower, args.device, args.dtype)
@@ -237,6 +253,9 @@ def main(argv=None) -> int:
     profile = calibrate(model, tokenizer, args.model_path, scenes_from_datasets(args.dataset, model), questions,
                         args.target_flops_reduction)
     output = pathlib.Path(args.output) if args.output else pathlib.Path(args.model_path) / PROFILE_NAME
+    if args.ship:
+        from ..share import SOURCE_TREE
+        output = SOURCE_TREE / SHIPPED_PROFILES / f'{profile["checkpoint_id"]}.json'
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(profile, indent=2) + '\n')
     if not profile['target_met']:

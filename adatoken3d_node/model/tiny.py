@@ -61,8 +61,11 @@ CORPUS = [
 ]
 
 
-def build_tokenizer():
-    """Train the byte-level BPE tokenizer on CORPUS and wrap it for transformers.
+def build_tokenizer(extra_corpus=()):
+    """Train the byte-level BPE tokenizer on CORPUS (+ extra_corpus) and wrap it for transformers.
+
+    extra_corpus: more text whose common words should become single tokens (the trained scene
+    model adds its question templates, so its prompts and answers are short).
 
     The tokenizer itself prepends <s> (post-processor), like LLaMA's add_bos_token=True,
     so `tokenizer(text).input_ids[0] == bos_token_id` for any text.
@@ -80,7 +83,7 @@ def build_tokenizer():
         min_frequency=1,
         show_progress=False,
     )
-    tok.train_from_iterator(CORPUS, trainer=trainer)
+    tok.train_from_iterator([*CORPUS, *extra_corpus], trainer=trainer)
     bos = tok.token_to_id("<s>")
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]

@@ -96,28 +96,35 @@ def released_config(tokenizer, clip_dir, mm_hidden_size: int, llama=None) -> dic
 def create_tiny_clip(clip_dir, seed: int = 0) -> pathlib.Path:
     """Write the tiny random CLIP vision tower to clip_dir."""
     import torch
-    from safetensors.torch import save_file
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
-    out = pathlib.Path(clip_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).unlink(missing_ok=True)  # removed first, written last: an interrupted run never looks complete
     config = CLIPVisionConfig(**TINY_CLIP)
     with torch.random.fork_rng(devices=[]):  # the caller's RNG stream is left alone
         torch.manual_seed(seed)
         model = CLIPVisionModel(config)
-    config.save_pretrained(out)
+    return write_clip(model, clip_dir, _marker("tiny-random-clip", seed))
+
+
+def write_clip(model, clip_dir, marker: dict) -> pathlib.Path:
+    """Save a transformers CLIPVisionModel as a CLIP checkpoint directory (config, safetensors,
+    preprocessor_config.json) plus the adatoken3d marker; returns clip_dir."""
+    from safetensors.torch import save_file
+
+    out = pathlib.Path(clip_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).unlink(missing_ok=True)  # removed first, written last: an interrupted run never looks complete
+    model.config.save_pretrained(out)
     # transformers 5 saves CLIPVisionModel without the "vision_model." prefix; the real CLIP (and
-    # transformers 4.x) use it, so the tiny one does too and loads through the same name mapping.
+    # transformers 4.x) use it, so ours do too and load through the same name mapping.
     state = {f"vision_model.{k}": v.contiguous() for k, v in model.state_dict().items()}
     save_file(state, out / "model.safetensors", metadata={"format": "pt"})
-    size = TINY_CLIP["image_size"]
+    size = model.config.image_size
     _json(out / "preprocessor_config.json", {
         "crop_size": {"height": size, "width": size}, "do_center_crop": True, "do_convert_rgb": True,
         "do_normalize": True, "do_rescale": True, "do_resize": True, "image_processor_type": "CLIPImageProcessor",
         "resample": 3, "rescale_factor": 1 / 255, "size": {"shortest_edge": size}, **CLIP_MEAN_STD,
     })
-    _json(out / MARKER, _marker("tiny-random-clip", seed))
+    _json(out / MARKER, marker)
     return out
 
 
@@ -125,11 +132,9 @@ def _create_llava_part(out_dir, clip_dir, seed: int, llama=None) -> pathlib.Path
     """Write the LLaVA-3D part to out_dir; its config points at clip_dir (must already exist).
     llama: LLaMA sizes replacing TINY_LLAMA (e.g. a bigger random model for latency tests)."""
     import torch
-    from safetensors.torch import save_file
-    from transformers import CLIPVisionConfig, CLIPVisionModel, GenerationConfig
+    from transformers import CLIPVisionConfig, CLIPVisionModel
 
     from .llava3d import Llava3D, Llava3DConfig
-    from .loader import to_released
 
     out, clip_dir = pathlib.Path(out_dir), pathlib.Path(clip_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -145,8 +150,25 @@ def _create_llava_part(out_dir, clip_dir, seed: int, llama=None) -> pathlib.Path
         torch.manual_seed(seed)
         model = Llava3D(config, tower)
 
-    # Released names, bf16 like the released shards, in state-dict order; split at half the bytes.
-    state = {to_released(k): v.to(torch.bfloat16).contiguous()
+    return write_llava3d(model, raw, tokenizer, out, _marker("tiny-random-llava3d", seed, clip_dir=str(clip_dir)))
+
+
+def write_llava3d(model, raw_config: dict, tokenizer, out_dir, marker: dict, dtype=None) -> pathlib.Path:
+    """Save a Llava3D (without its vision tower) in the released layout: config.json, two safetensors
+    shards under the released names + index, generation config, tokenizer, and the marker.
+    dtype: of the stored weights (default bfloat16, as released)."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import GenerationConfig
+
+    from .loader import to_released
+
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).unlink(missing_ok=True)
+    dtype = dtype or torch.bfloat16
+    # Released names, in state-dict order; split at half the bytes.
+    state = {to_released(k): v.detach().to(dtype).contiguous()
              for k, v in model.state_dict().items() if not k.startswith("vision_tower.")}
     total = sum(t.numel() * t.element_size() for t in state.values())
     shards, running = ({}, {}), 0
@@ -157,12 +179,12 @@ def _create_llava_part(out_dir, clip_dir, seed: int, llama=None) -> pathlib.Path
         save_file(shard, out / name, metadata={"format": "pt"})
     _json(out / INDEX, {"metadata": {"total_size": total},
                         "weight_map": {k: SHARDS[i] for i, s in enumerate(shards) for k in s}})
-    _json(out / "config.json", raw)
+    _json(out / "config.json", {**raw_config, "torch_dtype": str(dtype).removeprefix("torch.")})
     GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                      pad_token_id=tokenizer.pad_token_id, do_sample=False).save_pretrained(out)
     tokenizer.save_pretrained(out)
     _make_tokenizer_files_portable(out, tokenizer)
-    _json(out / MARKER, _marker("tiny-random-llava3d", seed, clip_dir=str(clip_dir)))
+    _json(out / MARKER, marker)
     return out
 
 

@@ -1,0 +1,417 @@
+"""Train the small scene LLaVA-3D that ships as the node's default model (`make train-tiny`). ROS-free.
+
+    adatoken3d-train-tiny [--out models/scene-llava3d-tiny] [--train-scenes 1000] [--vision-steps 3000]
+                          [--steps 2500] [--seed 0]
+
+Same model code and on-disk layout as LLaVA-3D-7B (CLIP vision tower, 3D position embedding,
+voxel pooling, mlp2x_gelu projector, LLaMA, tokenizer), scaled down to train on a 2-core CPU
+in about 20 minutes:
+
+    CLIP ViT     160 px, 10 px patches -> 16 x 16 patches, width 64, 2 layers     (trained from scratch)
+    LLaMA        hidden 128, 6 layers, 4 heads, vocabulary 512                     (trained from scratch)
+
+Data: dataset.py (rendered room scenes through the node's front end, patch xyz at the patch
+centre) and questions.py. Two stages, as LLaVA trains:
+
+  1. alignment (--vision-steps): the vision tower, 3D position embedding and projector learn,
+     from the renderer's labels, the colour and shape of the object under every CLIP patch
+     and every spatial token (linear probes, AuxHeads; not saved);
+  2. instruction tuning (--steps): the whole model answers every question the scene
+     answers (all families), on a random 5-8 of its 8 views; the auxiliary token loss and a
+     word probe (WordProbe: at each colour/shape word, "is there such an object?") stay on.
+
+The prompt is the node's: build_inputs' llava_v1 prompt, the answer follows "ASSISTANT:" and
+ends with </s>. The spatial tokens come before the question, so the shared prefix (system
+prompt + spatial tokens) runs once per scene and its KV cache is repeated for the batch of
+questions: exactly single-question training (tests/test_training.py checks it), for a
+fraction of the compute.
+
+Everything is seeded (data, initialisation, order): the same command gives the same weights
+on the same machine and torch build. Writes the checkpoint (fp16 safetensors, CLIP in
+vision_tower/), training_log.json (losses and validation accuracy) and training_curves.png.
+"""
+import argparse
+import json
+import math
+import pathlib
+import sys
+import time
+from typing import List, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..perception.frontend import FrontEndConfig
+from . import questions
+from .dataset import VIEWS_PER_SCENE, SceneRecord, render_split
+from .evaluate import evaluate
+
+DEFAULT_OUT = pathlib.Path('models') / 'scene-llava3d-tiny'
+VISION_TOWER_DIR = 'vision_tower'   # the CLIP checkpoint, inside the model directory
+CLIP = dict(image_size=160, patch_size=10, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+            num_attention_heads=4, projection_dim=64)
+LLAMA = dict(hidden_size=128, intermediate_size=352, num_hidden_layers=6, num_attention_heads=4,
+             num_key_value_heads=4, max_position_embeddings=4096)
+MIN_VIEWS = 5
+# Auxiliary loss (training only, its heads are not saved): every spatial token entering the LLM
+# predicts the colour and shape of the object it lies on (or "none": floor, wall). Dense labels
+# from the renderer teach the from-scratch vision tower in hundreds of steps what the answers
+# alone would teach it in tens of thousands.
+AUX_WEIGHT = 0.5
+PROBE_LAYER = 2      # WordProbe reads the hidden states after this many layers
+PROBE_WEIGHT = 0.5
+
+
+PATCH_XYZ = 'centre'   # small objects span few patches: a patch's corner pixel is often the floor beside it
+
+
+def front_end_config() -> FrontEndConfig:
+    """The front end the model is trained with: the node's defaults at this vision tower's size, with
+    PATCH_XYZ (the checkpoint records it: config.json adatoken3d_patch_xyz, the node's patch_xyz: auto)."""
+    return FrontEndConfig(image_size=CLIP['image_size'], patch_grid=CLIP['image_size'] // CLIP['patch_size'],
+                          patch_xyz=PATCH_XYZ)
+
+
+def build_model(seed: int):
+    """A randomly initialised scene LLaVA-3D -> (model, tokenizer, config.json dict)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from ..model.llava3d import Llava3D, Llava3DConfig
+    from ..model.tiny import build_tokenizer
+    from ..model.tiny_llava3d import released_config
+
+    tokenizer = build_tokenizer(extra_corpus=questions.corpus())
+    raw = released_config(tokenizer, VISION_TOWER_DIR, CLIP['hidden_size'], LLAMA)
+    raw['mm_vision_select_layer'] = -1   # 2 CLIP layers: use the last (LLaVA's -2 would waste one)
+    raw['num_frames'] = VIEWS_PER_SCENE
+    raw['adatoken3d_patch_xyz'] = PATCH_XYZ
+    torch.manual_seed(seed)
+    tower = CLIPVisionModel(CLIPVisionConfig(**CLIP))
+    model = Llava3D(Llava3DConfig.from_dict(raw), tower)
+    return model, tokenizer, raw
+
+
+class PromptCache:
+    """Token ids of the node's prompt around the spatial tokens, per question (tokenized once)."""
+
+    def __init__(self, model, tokenizer):
+        self.model, self.tokenizer = model, tokenizer
+        self._dummy = torch.zeros(1, model.config.hidden_size)
+        self._cache = {}
+        self.prefix_ids = self._split('What is there?')[0]
+
+    def _split(self, question: str):
+        from ..model.llava3d import IMAGE_TOKEN_INDEX
+        with torch.no_grad():
+            inputs = self.model.build_inputs(question, self._dummy, self.tokenizer)
+        ids = inputs.input_ids.tolist()
+        at = ids.index(IMAGE_TOKEN_INDEX)
+        return ids[:at], ids[at + 1:], inputs.locations
+
+    def suffix(self, question: str):
+        """-> (ids after the spatial tokens, LOCATION_TOKEN_INDEX at points; points (K, 3))."""
+        if question not in self._cache:
+            _, suffix, locations = self._split(question)
+            self._cache[question] = (suffix, locations)
+        return self._cache[question]
+
+    def answer_ids(self, answer: str) -> List[int]:
+        key = ('answer', answer)
+        if key not in self._cache:
+            self._cache[key] = self.tokenizer(' ' + answer, add_special_tokens=False).input_ids + \
+                [self.tokenizer.eos_token_id]
+        return self._cache[key]
+
+
+class AuxHeads(torch.nn.Module):
+    """Linear probes (training only) for the colour (len(COLOURS) + none) and shape (len(SHAPES) + none)
+    of the object under a feature: one pair on the spatial tokens (D), one on CLIP patch features (C)."""
+
+    def __init__(self, hidden: int, clip_width: int):
+        super().__init__()
+        from ..synthetic import COLOURS, SHAPES
+        self.colours, self.shapes = list(COLOURS), list(SHAPES)
+        self.colour = torch.nn.Linear(hidden, len(self.colours) + 1)
+        self.shape = torch.nn.Linear(hidden, len(self.shapes) + 1)
+        self.patch_colour = torch.nn.Linear(clip_width, len(self.colours) + 1)
+        self.patch_shape = torch.nn.Linear(clip_width, len(self.shapes) + 1)
+
+    def _targets(self, on: np.ndarray, objects):
+        colour = torch.tensor([self.colours.index(objects[i].colour_name) if i >= 0 else len(self.colours)
+                               for i in on.ravel()])
+        shape = torch.tensor([self.shapes.index(objects[i].shape) if i >= 0 else len(self.shapes) for i in on.ravel()])
+        # objects are a few percent of the patches: weigh them as much as the background together
+        weight = torch.tensor(np.where(on.ravel() >= 0, max(1.0, (on < 0).sum() / max((on >= 0).sum(), 1)), 1.0),
+                              dtype=torch.float32)
+        return colour, shape, weight
+
+    @staticmethod
+    def _ce(logits, target, weight):
+        return (F.cross_entropy(logits, target, reduction='none') * weight).sum() / weight.sum()
+
+    def loss(self, spatial: torch.Tensor, objects, scene) -> torch.Tensor:
+        """spatial (M, D) -> weighted cross-entropy of both labels over the tokens."""
+        from .dataset import token_objects
+        colour, shape, weight = self._targets(token_objects(objects, scene.tokens.centres.numpy()), objects)
+        return self._ce(self.colour(spatial), colour, weight) + self._ce(self.shape(spatial), shape, weight)
+
+    def patch_loss(self, features: torch.Tensor, patch_objects: np.ndarray, objects) -> torch.Tensor:
+        """features (V, P, C) CLIP patch features, patch_objects (V, P) -> the same loss per patch."""
+        colour, shape, weight = self._targets(patch_objects, objects)
+        flat = features.reshape(-1, features.shape[-1])
+        return self._ce(self.patch_colour(flat), colour, weight) + self._ce(self.patch_shape(flat), shape, weight)
+
+
+def vision_step(model, aux: AuxHeads, record, config) -> torch.Tensor:
+    """Stage 1 (LLaVA's alignment stage, here with dense labels): the vision tower, 3D position
+    embedding and projector learn colour and shape per patch and per spatial token."""
+    scene = record.geometry(config)
+    features = model.image_features(scene.images)                                   # (V, P, C)
+    spatial = model.mm_projector(model.spatial_features(features, scene))            # (M, D)
+    return aux.patch_loss(features, record.patch_objects(), record.objects) + aux.loss(spatial, record.objects, scene)
+
+
+class WordProbe(torch.nn.Module):
+    """Deep supervision (training only, not saved): after layer PROBE_LAYER, the hidden state at each
+    colour or shape word of a question predicts whether the scene holds such an object (a shape word
+    right after a colour word: that colour and shape). Finding the spatial tokens a word refers to is
+    the first of the two attention hops every answer needs (then the last token reads the word);
+    with only the answer's gradient, a model trained from scratch sits at the answer prior for
+    thousands of steps before that hop forms."""
+
+    def __init__(self, hidden: int, tokenizer):
+        super().__init__()
+        from ..synthetic import COLOURS, SHAPES
+        self.head = torch.nn.Linear(hidden, 1)
+        one = lambda w: tokenizer(' ' + w, add_special_tokens=False).input_ids   # noqa: E731
+        self.colour_ids = {one(c)[0]: c for c in COLOURS if len(one(c)) == 1}
+        self.shape_ids = {one(x)[0]: x for x in SHAPES if len(one(x)) == 1}
+        for plural_form, shape in ((questions.plural(x), x) for x in SHAPES):
+            if len(one(plural_form)) == 1:
+                self.shape_ids[one(plural_form)[0]] = shape
+
+    def targets(self, ids: Sequence[int], objects):
+        """(positions, 0/1 targets) of the colour and shape words in a question's token ids."""
+        positions, values = [], []
+        for i, token in enumerate(ids):
+            if token in self.colour_ids:
+                present = any(o.colour_name == self.colour_ids[token] for o in objects)
+            elif token in self.shape_ids:
+                shape = self.shape_ids[token]
+                colour = self.colour_ids.get(ids[i - 1]) if i else None
+                present = any(o.shape == shape and colour in (None, o.colour_name) for o in objects)
+            else:
+                continue
+            positions.append(i)
+            values.append(float(present))
+        return positions, values
+
+
+def scene_loss(model, prompts: PromptCache, scene, qas: Sequence[questions.QA], aux: AuxHeads = None, objects=(),
+               probe: WordProbe = None):
+    """Mean cross-entropy of the answer tokens (and </s>) of every question about one scene (plus
+    AUX_WEIGHT x the auxiliary token loss when aux is given, PROBE_WEIGHT x the word probe's)
+    -> (loss to minimise, (N,) detached mean loss of each question's answer)."""
+    from ..model.llava3d import LOCATION_TOKEN_INDEX
+
+    lm = model.language_model
+    embed = lm.get_input_embeddings()
+    spatial = model.mm_projector(model.spatial_features(model.image_features(scene.images), scene))   # (M, D)
+    aux_loss = aux.loss(spatial, objects, scene) if aux is not None else 0.0
+    prefix = torch.cat([embed(torch.tensor(prompts.prefix_ids)), spatial])[None]                  # (1, Tp, D)
+    cache = lm.model(inputs_embeds=prefix, use_cache=True).cache
+    cache.batch_repeat_interleave(len(qas))
+
+    rows, labels = [], []
+    for qa in qas:
+        ids, locations = prompts.suffix(qa.question)
+        answer = prompts.answer_ids(qa.answer)
+        seq = torch.tensor(ids + answer)
+        text = seq != LOCATION_TOKEN_INDEX
+        row = torch.empty(len(seq), prefix.shape[-1])
+        row[text] = embed(seq[text])
+        if len(locations):
+            row[~text] = model.location_embeddings(locations)
+        rows.append(row)
+        labels.append([-100] * len(ids) + answer)
+    T = max(len(r) for r in rows)
+    suffix = torch.zeros(len(rows), T, prefix.shape[-1])                                           # (N, Ts, D)
+    target = torch.full((len(rows), T), -100)
+    for i, (row, lab) in enumerate(zip(rows, labels)):
+        suffix[i, :len(row)] = row
+        target[i, :len(lab)] = torch.tensor(lab)
+    # Right padding: causal attention keeps the pad positions out of every real position.
+    positions = torch.arange(prefix.shape[1], prefix.shape[1] + T)[None].expand(len(rows), -1)
+    out = lm(inputs_embeds=suffix, cache=cache, position_ids=positions, output_hidden_states=probe is not None)
+    logits = out.logits                                                                      # (N, Ts, V)
+    probe_loss = 0.0
+    if probe is not None:
+        hidden = out.hidden_states[PROBE_LAYER]                                              # (N, Ts, D)
+        rows_at, cols_at, values = [], [], []
+        for i, qa in enumerate(qas):
+            cols, vals = probe.targets(prompts.suffix(qa.question)[0], objects)
+            rows_at += [i] * len(cols)
+            cols_at += cols
+            values += vals
+        if values:
+            probe_loss = F.binary_cross_entropy_with_logits(probe.head(hidden[rows_at, cols_at]).squeeze(-1),
+                                                            torch.tensor(values))
+    per_token = F.cross_entropy(logits[:, :-1].transpose(1, 2), target[:, 1:], ignore_index=-100,
+                                reduction='none')                                            # (N, Ts - 1)
+    counted = (target[:, 1:] != -100).sum(1)                                                 # (N,)
+    loss = per_token.sum() / counted.sum() + AUX_WEIGHT * aux_loss + PROBE_WEIGHT * probe_loss
+    return loss, per_token.sum(1).detach() / counted
+
+
+def save(model, tokenizer, raw: dict, out: pathlib.Path, marker: dict) -> None:
+    from ..model.tiny_llava3d import write_clip, write_llava3d
+    write_clip(model.vision_tower.float(), out / VISION_TOWER_DIR, {**marker, 'kind': marker['kind'] + '-clip'})
+    write_llava3d(model, raw, tokenizer, out, marker, dtype=torch.float16)
+
+
+def plot_curves(log: dict, path: pathlib.Path) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    steps, losses = zip(*[(r['step'], r['loss']) for r in log['train']])
+    window = max(1, min(50, len(losses) // 2))
+    smooth = np.convolve(losses, np.ones(window) / window, mode='valid')
+    ax_loss.plot(steps, losses, color='0.8', lw=0.6, label='per step')
+    ax_loss.plot(steps[window - 1:], smooth, color='C0', label=f'mean of {window}')
+    ax_loss.set(xlabel='step (one scene, all its questions)', ylabel='loss', yscale='log',
+                title='stage 2 loss (answers + auxiliary token loss + word probe)')
+    ax_loss.legend()
+    for family in questions.FAMILIES:
+        ax_acc.plot([r['step'] for r in log['val']], [r['families'][family]['accuracy'] for r in log['val']],
+                    marker='o', ms=3, label=family)
+    ax_acc.plot([r['step'] for r in log['val']], [r['overall'] for r in log['val']], 'k--', label='overall')
+    ax_acc.set(xlabel='step', ylabel='exact-match accuracy', ylim=(0, 1.02), title='validation (dense)')
+    ax_acc.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def validate(model, tokenizer, records: Sequence[SceneRecord], step: int) -> dict:
+    from ..model.gating import parse_gating
+    from ..model.scene_qa import SceneAnswerer
+
+    model.eval()
+    answerer = SceneAnswerer(model, tokenizer, path=None)
+    result = evaluate(answerer, records, front_end_config(), {'dense': parse_gating('none', LLAMA['num_hidden_layers'])})
+    model.train()
+    return {'step': step, **result['dense'].summary()}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog='adatoken3d-train-tiny', description=__doc__.split('\n\n')[0])
+    parser.add_argument('--out', type=pathlib.Path, default=DEFAULT_OUT)
+    parser.add_argument('--train-scenes', type=int, default=1000)
+    parser.add_argument('--val-scenes', type=int, default=40)
+    parser.add_argument('--steps', type=int, default=2500)
+    parser.add_argument('--lr', type=float, default=2e-3)
+    parser.add_argument('--vision-steps', type=int, default=3000, help='stage 1: vision alignment steps')
+    parser.add_argument('--vision-lr', type=float, default=3e-3)
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--val-every', type=int, default=500)
+    parser.add_argument('--threads', type=int, default=0, help='torch threads (0: one per core)')
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    started = time.monotonic()
+    config = front_end_config()
+
+    print(f'rendering {args.train_scenes} training and {args.val_scenes} validation scenes ...', flush=True)
+    train_records = render_split('train', args.train_scenes, config)
+    val_records = render_split('val', args.val_scenes, config)
+    render_s = time.monotonic() - started
+    print(f'  {render_s:.0f} s', flush=True)
+
+    model, tokenizer, raw = build_model(args.seed)
+    model.train()
+    prompts = PromptCache(model, tokenizer)
+    aux = AuxHeads(LLAMA['hidden_size'], CLIP['hidden_size'])
+    probe = WordProbe(LLAMA['hidden_size'], tokenizer)
+    params = sum(p.numel() for p in model.parameters())
+    named = [*model.named_parameters(), *aux.named_parameters(prefix='aux'), *probe.named_parameters(prefix='probe')]
+    decay = [p for n, p in named if p.ndim >= 2 and 'embed' not in n]
+    no_decay = [p for n, p in named if not (p.ndim >= 2 and 'embed' not in n)]
+    optimiser = torch.optim.AdamW([{'params': decay, 'weight_decay': 0.01}, {'params': no_decay, 'weight_decay': 0.0}],
+                                  lr=args.lr, betas=(0.9, 0.98))
+    warmup = max(1, args.steps // 30)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: min(1.0, (s + 1) / warmup) * (
+        0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps)))))
+    rng = np.random.default_rng(args.seed)
+    log = {'args': {k: str(v) for k, v in vars(args).items()}, 'parameters': params, 'vision': [], 'train': [],
+           'val': [],
+           'render_s': round(render_s, 1)}
+    print(f'model: {params / 1e6:.2f} M parameters; {args.steps} steps', flush=True)
+
+    train_start = time.monotonic()
+    vision_params = [*model.vision_tower.parameters(), *model.video_pos_emb.parameters(),
+                     *model.mm_projector.parameters(), *aux.parameters()]
+    vision_optimiser = torch.optim.AdamW(vision_params, lr=args.vision_lr, weight_decay=0.0)
+    for step in range(args.vision_steps):
+        record = train_records[int(rng.integers(len(train_records)))]
+        loss = vision_step(model, aux, record, config)
+        vision_optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        vision_optimiser.step()
+        log['vision'].append({'step': step, 'loss': round(float(loss.detach()), 5)})
+        if step % 250 == 0:
+            print(f'vision step {step:5d}  loss {np.mean([r["loss"] for r in log["vision"][-250:]]):.4f}  '
+                  f'{time.monotonic() - train_start:.0f} s', flush=True)
+    log['vision_s'] = round(time.monotonic() - train_start, 1)
+
+    order = []
+    for step in range(args.steps):
+        if not order:
+            order = list(rng.permutation(len(train_records)))
+        record = train_records[order.pop()]
+        views = rng.choice(len(record.images), size=int(rng.integers(MIN_VIEWS, len(record.images) + 1)), replace=False)
+        scene = record.geometry(config, views)
+        # every question the scene answers: the prefix is shared, so each costs only its suffix
+        qas = [qa for family in questions.candidates(record.objects, rng).values() for qa in family]
+        loss, per_question = scene_loss(model, prompts, scene, qas, aux, record.objects, probe)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for _, p in named], 1.0)
+        optimiser.step()
+        schedule.step()
+        families = {f: round(float(np.mean([float(v) for v, qa in zip(per_question, qas) if qa.family == f])), 4)
+                    for f in {qa.family for qa in qas}}
+        log['train'].append({'step': step, 'loss': round(float(loss.detach()), 5), 'tokens': scene.num_tokens,
+                             'families': families})
+        if step % 50 == 0:
+            recent = log['train'][-50:]
+            by_family = {f: np.mean([r['families'][f] for r in recent if f in r['families']])
+                         for f in questions.FAMILIES}
+            print(f'step {step:5d}  loss {np.mean([r["loss"] for r in recent]):.4f}  lr {schedule.get_last_lr()[0]:.2e}  '
+                  f'{time.monotonic() - train_start:.0f} s  ' + ' '.join(f'{f[:5]} {v:.2f}' for f, v in by_family.items()),
+                  flush=True)
+        if (step + 1) % args.val_every == 0 or step + 1 == args.steps:
+            val = validate(model, tokenizer, val_records, step + 1)
+            log['val'].append(val)
+            print(f'  val @ {step + 1}: overall {val["overall"]:.3f}  ' + '  '.join(
+                f'{f} {v["accuracy"]:.2f}' for f, v in val['families'].items()), flush=True)
+    log['train_s'] = round(time.monotonic() - train_start, 1)
+    log['total_s'] = round(time.monotonic() - started, 1)
+
+    marker = {'kind': 'scene-llava3d-tiny', 'seed': args.seed, 'trained': True,
+              'note': 'Trained by adatoken3d-train-tiny on synthetic room scenes (adatoken3d_node.training): '
+                      'answers questions about coloured boxes, spheres and cylinders; out of that domain its '
+                      'answers mean little.'}
+    args.out.mkdir(parents=True, exist_ok=True)
+    save(model, tokenizer, raw, args.out, marker)
+    (args.out / 'training_log.json').write_text(json.dumps(log, indent=1) + '\n')
+    plot_curves(log, args.out / 'training_curves.png')
+    print(f'wrote {args.out} ({sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file()) / 1e6:.1f} MB); '
+          f'rendering {render_s:.0f} s, training {log["train_s"]:.0f} s', flush=True)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
