@@ -1,17 +1,21 @@
 """`make demo` / `adatoken3d-demo`: a recorded scene replayed into the node, questions over real DDS.
 
-Renders a synthetic scene of known objects as RGB-D from a camera circling it,
-writes it as a rosbag2 (camera topics + TF), starts the node with
-adatoken3d-bringup (its log goes to a file), replays the bag into it, then asks
-questions about the scene through ~/query and ~/ask (one with a latency budget
-that dense inference misses) and prints each answer with the scene's ground
-truth and the metrics. DDS stays on loopback in a domain of its own.
+Renders a synthetic room of known objects as RGB-D from a camera walking around
+it (a held-out scene: its seed is in none of the training splits), writes it as a
+rosbag2 (camera topics + TF), starts the node with adatoken3d-bringup and its
+default model (the shipped scene LLaVA-3D; its log goes to a file), replays the
+bag into it, then asks one question of every family through ~/query and one
+through ~/ask with a latency budget that dense inference misses, and prints each
+answer with the scene's ground truth, whether it is right, and the metrics.
+DDS stays on loopback in a domain of its own. Exit status 0 when every question
+was answered (right or wrong: the count of right answers is printed).
 """
 import argparse
 import sys
 import tempfile
 
 from .dds_env import apply_loopback_environment
+DEMO_SCENE_SEED = 3_000_003   # outside every training.dataset split
 REAL_WEIGHTS_HINT = ('ros2 launch adatoken3d bringup.launch.py device:=cuda model_path:=/path/to/LLaVA-3D-7B '
                      'vision_tower_path:=/path/to/clip-vit-large-patch14-336\n'
                      '  (or the same arguments to adatoken3d-bringup)')
@@ -33,23 +37,26 @@ def metrics_rows(how: str, question: str, response) -> list:
     ]
 
 
-def scene_questions(objects) -> list:
-    """(question, ground truth) about the rendered scene."""
-    first = objects[0]
-    count = sum(o.shape == first.shape for o in objects)
-    plural = first.shape + ('es' if first.shape == 'box' else 's')
-    x, y, z = (round(float(v), 1) for v in first.centre)
-    return [(f'What color is the {first.shape}?' if count == 1 else f'What color is one of the {plural}?',
-             first.colour_name),
-            (f'How many {plural} are there?', str(count)),
-            (f'What is at [{x}, {y}, {z}]?', f'a {first.colour_name} {first.shape}')]
+def scene_questions(objects, seed: int) -> list:
+    """One question of every family about the rendered scene, with its ground truth (training.questions)."""
+    import numpy as np
+
+    from .training.questions import FAMILIES, candidates
+    rng = np.random.default_rng(seed)
+    pool = candidates(objects, rng)
+    return [pool[f][int(rng.integers(len(pool[f])))] for f in FAMILIES if pool[f]]
+
+
+def is_correct(answer: str, truth: str) -> bool:
+    from .training.evaluate import normalise
+    return normalise(answer) == normalise(truth)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog='adatoken3d-demo', description=__doc__.split('\n\n')[0])
     parser.add_argument('launch_arguments', nargs='*', help='name:=value arguments for the node')
     parser.add_argument('--timeout', type=float, default=120.0, help='seconds to wait for the node')
-    parser.add_argument('--seed', type=int, default=3, help='scene seed')
+    parser.add_argument('--seed', type=int, default=DEMO_SCENE_SEED, help='scene seed')
     parser.add_argument('--rate', type=float, default=2.0, help='bag replay rate')
     args = parser.parse_args(argv)
     env = apply_loopback_environment()
@@ -57,14 +64,15 @@ def main(argv=None) -> int:
     # ROS imports after the environment is set
     from .bags import BagPlayer, CameraTopics, write_rgbd_bag
     from .client import NodeProcess, QueryClient
-    from .synthetic import make_scene, orbit_frames
+    from .synthetic import make_scene, room_frames
+    from .training.dataset import MIN_OBJECT_SIZE_M
     workdir = tempfile.mkdtemp(prefix='adatoken3d-demo-')
-    objects = make_scene(args.seed)
-    frames = orbit_frames(objects, n_views=12, width=320, height=240, defects=True)
+    objects = make_scene(args.seed, unique=True, min_size_m=MIN_OBJECT_SIZE_M)
+    frames = room_frames(objects, n_views=12, width=320, height=240, seed=args.seed, defects=True)
     topics = CameraTopics()
     bag = write_rgbd_bag(f'{workdir}/scene', frames, topics, storage='mcap')
     print(f'scene (seed {args.seed}): ' + ', '.join(f'{o.colour_name} {o.shape}' for o in objects))
-    print(f'wrote {bag}: {len(frames)} RGB-D views 320x240 with TF, camera circling the scene')
+    print(f'wrote {bag}: {len(frames)} RGB-D views 320x240 with TF, camera walking around the room')
     log = f'{workdir}/node.log'
     print(f'ROS_DOMAIN_ID={env["ROS_DOMAIN_ID"]}, DDS on loopback ({env["FASTDDS_DEFAULT_PROFILES_FILE"]})')
     launch = [*topics.remap_arguments(), *args.launch_arguments]
@@ -86,28 +94,34 @@ def main(argv=None) -> int:
                           'every view in the scene memory')
         values = client.latest_diagnostics()
         print(f"scene memory: {values['scene.views']} views, {values['scene.spatial_tokens']} spatial tokens\n")
-        ok, dense_ms = True, 0.0
-        for question, truth in scene_questions(objects):
-            response = client.query(question, max_new_tokens=16)
+        ok, right, dense_ms = True, 0, 0.0
+        asked = scene_questions(objects, args.seed)
+        for qa in asked:
+            response = client.query(qa.question, max_new_tokens=16)
             ok &= response.success
+            correct = response.success and is_correct(response.answer, qa.answer)
+            right += correct
             dense_ms = response.metrics.total_ms   # the last one: the vision features are cached by then
-            print('\n'.join(metrics_rows('service ~/query', question, response)))
-            print(f'  ground truth  : {truth}\n')
-        question, truth = scene_questions(objects)[0]
+            print('\n'.join(metrics_rows(f'service ~/query ({qa.family})', qa.question, response)))
+            print(f'  ground truth  : {qa.answer}   correct: {"yes" if correct else "NO"}\n')
+        qa = asked[0]
         budget = round(0.6 * dense_ms)
         chunks = []
-        status, result = client.ask(question, latency_budget_ms=budget, max_new_tokens=16,
+        status, result = client.ask(qa.question, latency_budget_ms=budget, max_new_tokens=16,
                                     on_feedback=lambda f: chunks.append(f.generated_tokens))
         ok &= result.success
-        print('\n'.join(metrics_rows(f'action ~/ask, budget {budget} ms (60% of the last dense query)', question,
+        correct = result.success and is_correct(result.answer, qa.answer)
+        right += correct
+        print('\n'.join(metrics_rows(f'action ~/ask, budget {budget} ms (60% of the last dense query)', qa.question,
                                      result)))
-        print(f'  ground truth  : {truth}')
+        print(f'  ground truth  : {qa.answer}   correct: {"yes" if correct else "NO"}')
         print(f'  streamed      : {len(chunks)} feedback messages before the result\n')
         untrained = 'untrained' in node.log().lower()
+    print(f'{right} of {len(asked) + 1} answers right')
     if untrained:
-        print('NOTE: this ran the random-weight tiny model: it is UNTRAINED, so its words are not meaningful.\n'
-              'The plumbing, metrics and timings are real. With the real LLaVA-3D weights:\n  '
-              + REAL_WEIGHTS_HINT)
+        print('NOTE: this ran a random-weight tiny model: it is UNTRAINED, so its words are not meaningful.')
+    print('The shipped model knows only synthetic rooms of coloured boxes, spheres and cylinders. '
+          'With the real LLaVA-3D weights:\n  ' + REAL_WEIGHTS_HINT)
     return 0 if ok else 1
 
 

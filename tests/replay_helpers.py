@@ -20,14 +20,16 @@ def cloud_array(msg: PointCloud2) -> np.ndarray:
 
 
 def replay(bag, tiny_model, tmp_path, name, rate=1.0, expect_views=5, question=None, launch=(), **overrides):
-    """Start a node, play the bag into it, return (scene points, scene tokens, node log[, response, seen])."""
+    """Start a node, play the bag into it, return (scene points, scene tokens, node log[, response, seen]).
+    tiny_model None: the node's default model. question: one, or a list (then a list of responses)."""
     # Reliable sensor subscriptions with room to queue: a replay test wants every recorded frame (with the
     # default best-effort sensor QoS a loaded machine may drop some, as a robot's network would).
     overrides = {'keyframe_min_translation_m': 0.0, 'keyframe_min_rotation_deg': 0.0, 'tf_timeout_s': 1.0,
                  'sensor_qos_reliability': 'reliable', 'sensor_qos_depth': 20, **overrides}
     params = write_params(tmp_path / f'{name}.yaml', **overrides)
     log = tmp_path / f'{name}.log'
-    with NodeProcess([f'namespace:={name}', f'model_path:={tiny_model}', f'params_file:={params}',
+    model = [f'model_path:={tiny_model}'] if tiny_model is not None else []
+    with NodeProcess([f'namespace:={name}', *model, f'params_file:={params}',
                       *TOPICS.remap_arguments(), *launch], log_path=str(log)) as node, \
             QueryClient(namespace=name, name=f'{name}_client') as client:
         points = client.collect(PointCloud2, f'/{name}/adatoken3d/scene_points')
@@ -50,12 +52,15 @@ def replay(bag, tiny_model, tmp_path, name, rate=1.0, expect_views=5, question=N
             pytest.fail(f'diagnostics: {client.latest_diagnostics()}\nnode log:\n{node.log()}')
         client.wait_until(lambda: len(tokens) == len(points), TIMEOUT, 'the matching ~/scene_tokens')
         if question is not None:
-            response = client.query(question)
-            client.wait_until(lambda: any(a.query_id == response.metrics.query_id for a in client.answers), TIMEOUT,
+            asked = [question] if isinstance(question, str) else list(question)
+            responses = [client.query(q) for q in asked]
+            last = responses[-1].metrics.query_id
+            client.wait_until(lambda: any(a.query_id == last for a in client.answers), TIMEOUT,
                               'the answer on ~/answer')
-            client.wait_until(lambda: client.latest_diagnostics().get('queries_answered') == '1', TIMEOUT,
-                              '/diagnostics counting the answer')
+            client.wait_until(lambda: client.latest_diagnostics().get('queries_answered') == str(len(asked)),
+                              TIMEOUT, '/diagnostics counting the answers')
             seen = {'diagnostics': client.latest_diagnostics(),
-                    'answer': next(a for a in client.answers if a.query_id == response.metrics.query_id)}
+                    'answer': next(a for a in client.answers if a.query_id == last)}
+            response = responses[0] if isinstance(question, str) else responses
             return cloud_array(points[-1]), cloud_array(tokens[-1]), node.log(), response, seen
         return cloud_array(points[-1]), cloud_array(tokens[-1]), node.log()

@@ -103,3 +103,22 @@ def test_a_question_about_the_replayed_scene_runs_gated_llava3d_with_true_metric
                                    text + m.spatial_tokens_kept])
     assert m.prefill_flops == pytest.approx(as_run, rel=0.02)   # + the one-row scoring at the two cuts
     assert m.prefill_flops > as_run and m.flops_reduction == pytest.approx(1 - m.prefill_flops / dense, abs=1e-6)
+
+
+REAL_FRAME_QUESTIONS = ('What color is the sofa?', 'How many chairs are there?', 'Is there a red box?',
+                        'Which object is closest to the blue sphere?', 'Where is the table?',
+                        'What is at [-2.1, 0.6, 2.7]?')
+
+
+def test_the_shipped_model_answers_questions_about_real_frames_without_errors(bags, tmp_path):
+    """The default model (trained on synthetic rooms only) on a real living room: out of its domain, so the
+    words are not checked, only that every question is answered, from the real scene, with true metrics."""
+    _, tokens, log, responses, _ = replay(bags['redwood_mcap'], None, tmp_path, 'shipped',
+                                          question=list(REAL_FRAME_QUESTIONS))
+    assert 'scene-llava3d-tiny' in log and 'UNTRAINED' not in log
+    for question, response in zip(REAL_FRAME_QUESTIONS, responses):
+        assert response.success, (question, response.error)
+        m = response.metrics
+        assert m.num_views == 5 and m.spatial_tokens == len(tokens) and m.generated_tokens >= 1
+        assert response.answer.strip(), question
+        print(f'{question!r} -> {response.answer!r}')
