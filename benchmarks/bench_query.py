@@ -53,7 +53,12 @@ def main() -> int:
     values = parameters.defaults()
     values['require_scene'] = False
     params.write_text(yaml.safe_dump({'/**': {'ros__parameters': values}}))
-    with NodeProcess(['device:=cpu', f'params_file:={params}'], log_path=log) as node, QueryClient() as client:
+    # The random-weight tiny model (the default before the trained scene model shipped), so these
+    # numbers stay comparable: the ROS and decoding path, not a model.
+    from adatoken3d_node.model.tiny_llava3d import create_tiny_llava3d
+    model = create_tiny_llava3d(params.parent / 'tiny-llava3d', params.parent / 'tiny-llava3d-clip', seed=0)
+    with NodeProcess(['device:=cpu', f'model_path:={model}', f'params_file:={params}'], log_path=log) as node, \
+            QueryClient() as client:
         start = time.monotonic()
         client.wait_for_node(timeout=180)
         ready_s = time.monotonic() - start

@@ -74,7 +74,9 @@ def test_budgets_that_dense_misses_are_met_by_pruning_that_grows_as_the_budget_s
     assert all(r.metrics.spatial_tokens_kept == 1500 and r.metrics.gating == 'none' for r in dense)
     dense_ms = statistics.median(r.metrics.total_ms for r in dense)
     shares = []
-    for fraction in (0.85, 0.65):
+    # 0.7, not lower: with the first cut at layer L/4 the floor (keep 0.1) still costs about 0.6x dense
+    # here, so a tighter budget would test the machine's load more than the controller.
+    for fraction in (0.85, 0.7):
         budget_ms = fraction * dense_ms
         assert sum(r.metrics.total_ms > budget_ms for r in dense) >= 2     # dense misses this budget
         responses = [client.query(QUESTION, latency_budget_ms=budget_ms, timeout=TIMEOUT) for _ in range(5)]

@@ -5,7 +5,7 @@
 
 Same model code and on-disk layout as LLaVA-3D-7B (CLIP vision tower, 3D position embedding,
 voxel pooling, mlp2x_gelu projector, LLaMA, tokenizer), scaled down to train on a 2-core CPU
-in about 20 minutes:
+in about 15 minutes:
 
     CLIP ViT     160 px, 10 px patches -> 16 x 16 patches, width 64, 2 layers     (trained from scratch)
     LLaMA        hidden 128, 6 layers, 4 heads, vocabulary 512                     (trained from scratch)
