@@ -47,11 +47,6 @@ def scene_questions(objects, seed: int) -> list:
     return [pool[f][int(rng.integers(len(pool[f])))] for f in FAMILIES if pool[f]]
 
 
-def is_correct(answer: str, truth: str) -> bool:
-    from .training.evaluate import normalise
-    return normalise(answer) == normalise(truth)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog='adatoken3d-demo', description=__doc__.split('\n\n')[0])
     parser.add_argument('launch_arguments', nargs='*', help='name:=value arguments for the node')
@@ -66,6 +61,7 @@ def main(argv=None) -> int:
     from .client import NodeProcess, QueryClient
     from .synthetic import make_scene, room_frames
     from .training.dataset import MIN_OBJECT_SIZE_M
+    from .training.evaluate import is_correct
     workdir = tempfile.mkdtemp(prefix='adatoken3d-demo-')
     objects = make_scene(args.seed, unique=True, min_size_m=MIN_OBJECT_SIZE_M)
     frames = room_frames(objects, n_views=12, width=320, height=240, seed=args.seed, defects=True)

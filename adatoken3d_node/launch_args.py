@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
 from . import parameters
-from .names import NODE_NAME, PACKAGE, SENSOR_TOPICS
+from .names import NODE_NAME, SENSOR_TOPICS
 
 
 @dataclass(frozen=True)

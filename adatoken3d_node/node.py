@@ -140,9 +140,8 @@ class Adatoken3dNode(LifecycleNode):
                 f'model {model_path} is a random-weight tiny model: it is UNTRAINED and its answers '
                 'mean nothing. Set model_path to a trained checkpoint for meaningful answers.')
         model = answerer.model
-        self._frontend = SceneFrontEnd(FrontEndConfig(
-            image_size=model.image_size, patch_grid=model.patch_grid,
-            patch_xyz=model.patch_xyz if config['patch_xyz'] == 'auto' else config['patch_xyz'],
+        self._frontend = SceneFrontEnd(FrontEndConfig.for_model(
+            model, patch_xyz=model.patch_xyz if config['patch_xyz'] == 'auto' else config['patch_xyz'],
             voxel_size=config['voxel_size'], max_spatial_tokens=config['max_spatial_tokens'],
             keyframes=KeyframePolicy(max_views=config['max_views'],
                                      min_translation_m=config['keyframe_min_translation_m'],

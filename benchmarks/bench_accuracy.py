@@ -92,7 +92,7 @@ def main(argv=None) -> int:
     model_path = args.model or default_model_dir()
     answerer = SceneAnswerer.load(model_path, device=args.device)
     model = answerer.model
-    config = FrontEndConfig(image_size=model.image_size, patch_grid=model.patch_grid, patch_xyz=model.patch_xyz)
+    config = FrontEndConfig.for_model(model)
     start = time.monotonic()
     records = render_split('test', args.scenes, config)
     texts = policies(answerer.num_layers, model_path)

@@ -197,7 +197,7 @@ def synthetic_scenes(split: str, count: int, model) -> list:
     from ..perception.frontend import FrontEndConfig
     from ..training.dataset import render_split
     from ..training.evaluate import scene_questions
-    config = FrontEndConfig(image_size=model.image_size, patch_grid=model.patch_grid, patch_xyz=model.patch_xyz)
+    config = FrontEndConfig.for_model(model)
     return [(record.geometry(config), [qa.question for qa in scene_questions(record)])
             for record in render_split(split, count, config)]
 
@@ -218,10 +218,8 @@ def scenes_from_datasets(specs: Sequence[str], model) -> list:
             continue
         if kind not in loaders:
             raise ValueError(f'--dataset {spec!r}: kind must be one of {sorted(loaders) + ["synthetic"]}')
-        frontend = SceneFrontEnd(FrontEndConfig(image_size=model.image_size, patch_grid=model.patch_grid,
-                                                patch_xyz=model.patch_xyz,
-                                                keyframes=KeyframePolicy(min_translation_m=0.0,
-                                                                         min_rotation_deg=0.0)))
+        frontend = SceneFrontEnd(FrontEndConfig.for_model(
+            model, keyframes=KeyframePolicy(min_translation_m=0.0, min_rotation_deg=0.0)))
         for frame in loaders[kind](directory):
             depth = frame.depth.astype(np.float32) * (0.001 if frame.depth.dtype == np.uint16 else 1.0)
             frontend.add_view(frame.rgb, depth, frame.K, frame.pose if frame.pose is not None else np.eye(4),

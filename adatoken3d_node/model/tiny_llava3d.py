@@ -137,9 +137,6 @@ def _create_llava_part(out_dir, clip_dir, seed: int, llama=None) -> pathlib.Path
     from .llava3d import Llava3D, Llava3DConfig
 
     out, clip_dir = pathlib.Path(out_dir), pathlib.Path(clip_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).unlink(missing_ok=True)
-
     tokenizer = build_tokenizer()
     clip_config = CLIPVisionConfig.from_pretrained(clip_dir)
     raw = released_config(tokenizer, clip_dir, clip_config.hidden_size, llama)

@@ -29,6 +29,13 @@ class FrontEndConfig:
     max_spatial_tokens: int = 2560
     keyframes: KeyframePolicy = KeyframePolicy()
 
+    @classmethod
+    def for_model(cls, model, **overrides) -> 'FrontEndConfig':
+        """The front end a loaded Llava3D needs: its vision tower's input size and patch grid and the
+        patch position mode it was trained with (model.patch_xyz); other fields default or overridden."""
+        return cls(**{'image_size': model.image_size, 'patch_grid': model.patch_grid, 'patch_xyz': model.patch_xyz,
+                      **overrides})
+
 
 @dataclass(frozen=True)
 class SceneGeometry:

@@ -9,6 +9,7 @@
 Splits are disjoint by scene seed (SPLITS). A record's spatial tokens are built per use with
 frontend.build_scene_geometry, so training can drop views (a different token set each epoch).
 """
+import dataclasses
 import multiprocessing
 import os
 from dataclasses import dataclass
@@ -80,8 +81,7 @@ def render_scene(seed: int, config: FrontEndConfig, n_views: int = VIEWS_PER_SCE
     width, height = RENDER_SIZES[seed % len(RENDER_SIZES)]
     frames = room_frames(objects, n_views=n_views, width=width, height=height, seed=seed, defects=True)
     # Every view is kept: the keyframe thresholds are the node's, and these views are 45 degrees apart.
-    front = SceneFrontEnd(FrontEndConfig(config.image_size, config.patch_grid, config.patch_xyz, config.voxel_size,
-                                         config.max_spatial_tokens, KeyframePolicy(max_views=n_views)))
+    front = SceneFrontEnd(dataclasses.replace(config, keyframes=KeyframePolicy(max_views=n_views)))
     for f in frames:
         front.add_view(f.rgb, f.depth.astype(np.float32) / 1000.0, f.K, f.pose, f.stamp_ns)
     views = front.memory.snapshot()

@@ -21,6 +21,11 @@ def normalise(text: str) -> str:
     return ' '.join(text.lower().replace('.', ' ').split())
 
 
+def is_correct(answer: str, truth: str) -> bool:
+    """Exact match after lower-casing and dropping full stops and extra spaces."""
+    return normalise(answer) == normalise(truth)
+
+
 def scene_questions(record: SceneRecord, per_family: int = EVAL_QUESTIONS_PER_FAMILY) -> List[questions.QA]:
     return questions.sample(record.objects, np.random.default_rng(record.seed), per_family)
 
@@ -35,7 +40,7 @@ class Accuracy:
     wrong: List[tuple] = field(default_factory=list)   # (scene seed, question, truth, answer), first few
 
     def add(self, qa: questions.QA, answer, seed: int) -> None:
-        ok = normalise(answer.text) == normalise(qa.answer)
+        ok = is_correct(answer.text, qa.answer)
         self.correct[qa.family] += ok
         self.asked[qa.family] += 1
         self.flops += answer.prefill_flops

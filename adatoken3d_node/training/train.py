@@ -43,11 +43,11 @@ import torch
 import torch.nn.functional as F
 
 from ..perception.frontend import FrontEndConfig
+from ..share import SHIPPED_MODEL
 from . import questions
 from .dataset import VIEWS_PER_SCENE, SceneRecord, render_split
 from .evaluate import evaluate
 
-DEFAULT_OUT = pathlib.Path('models') / 'scene-llava3d-tiny'
 VISION_TOWER_DIR = 'vision_tower'   # the CLIP checkpoint, inside the model directory
 CLIP = dict(image_size=160, patch_size=10, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
             num_attention_heads=4, projection_dim=64)
@@ -308,7 +308,7 @@ def validate(model, tokenizer, records: Sequence[SceneRecord], step: int) -> dic
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog='adatoken3d-train-tiny', description=__doc__.split('\n\n')[0])
-    parser.add_argument('--out', type=pathlib.Path, default=DEFAULT_OUT)
+    parser.add_argument('--out', type=pathlib.Path, default=SHIPPED_MODEL)
     parser.add_argument('--train-scenes', type=int, default=1000)
     parser.add_argument('--val-scenes', type=int, default=40)
     parser.add_argument('--steps', type=int, default=2500)
