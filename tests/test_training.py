@@ -10,7 +10,7 @@ from adatoken3d_node import synthetic
 from adatoken3d_node.training import questions
 from adatoken3d_node.training.dataset import SPLITS, render_scene, signed_distance, token_objects
 from adatoken3d_node.training.evaluate import normalise, scene_questions
-from adatoken3d_node.training import train
+from adatoken3d_node.training import referents, symbolic, train
 
 
 @pytest.fixture(scope='module')
@@ -146,14 +146,104 @@ def test_shared_prefix_loss_equals_a_full_forward_of_each_prompt(record, config)
             assert torch.isclose(shared, full, rtol=1e-4, atol=1e-5)
 
 
+def test_symbolic_tokens_lie_on_their_objects_and_name_them_with_the_llms_words():
+    model, tokenizer, _ = train.build_model(0)
+    words = model.language_model.get_input_embeddings().weight
+    tokens = symbolic.SymbolicTokens(train.LLAMA['hidden_size'], tokenizer)
+    for seed in range(12):
+        objects = synthetic.make_scene(seed, unique=True, min_size_m=0.25)
+        xyz, on = symbolic.symbolic_scene(objects, np.random.default_rng(seed))
+        assert len(on) == symbolic.TOKENS_PER_SCENE
+        assert np.array_equal(token_objects(objects, xyz.numpy()), on.numpy())   # inside, or clear of every object
+        assert set(on[on >= 0].tolist()) == set(range(len(objects)))
+    with torch.no_grad():
+        embedded = tokens(xyz, on, objects, words) - symbolic.POSITION_SCALE * tokens.position(xyz)
+    first = int(on[0]) if on[0] >= 0 else int(on.max())
+    at = int((on == first).nonzero()[0])
+    word = lambda w: words[tokenizer(' ' + w, add_special_tokens=False).input_ids[0]]   # noqa: E731
+    assert torch.allclose(embedded[at], word(objects[first].colour_name) + word(objects[first].shape))
+    assert torch.allclose(embedded[on < 0], tokens.background.detach().expand(int((on < 0).sum()), -1))
+
+
+def test_alignment_pulls_rendered_tokens_onto_the_symbolic_ones(record, config):
+    model, tokenizer, _ = train.build_model(0)
+    words = model.language_model.get_input_embeddings().weight
+    tokens = symbolic.SymbolicTokens(train.LLAMA['hidden_size'], tokenizer)
+    scene = record.geometry(config, [0, 2])
+    on = torch.from_numpy(token_objects(record.objects, scene.tokens.centres.numpy()))
+    assert (on >= 0).any() and (on < 0).any()
+    with torch.no_grad():
+        ideal = tokens(scene.tokens.centres.float(), on, record.objects, words)
+    assert float(symbolic.alignment_loss(ideal, tokens, record.objects, scene, words)) < 1e-10
+    spatial = model.spatial_embeddings(scene)
+    loss = symbolic.alignment_loss(spatial, tokens, record.objects, scene, words)
+    loss.backward()
+    assert float(loss.detach()) > 0.1
+    assert tokens.background.grad is None and tokens.position[0].weight.grad is None   # the targets stay fixed
+    assert model.mm_projector[0].weight.grad.abs().sum() > 0
+
+
+def test_symbolic_training_learns_to_read_its_tokens():
+    """A fixed batch of symbolic scenes: a few steps of stage 0 lower the answer loss, and every
+    question is one its scene answers (the family-balanced draw)."""
+    torch.manual_seed(0)
+    model, tokenizer, _ = train.build_model(0)
+    prompts = train.PromptCache(model, tokenizer)
+    tokens = symbolic.SymbolicTokens(train.LLAMA['hidden_size'], tokenizer)
+    params = [*model.language_model.parameters(), *tokens.parameters()]
+    optimiser = torch.optim.AdamW(params, lr=3e-3)
+    losses = []
+    for _ in range(10):
+        loss, qas, right = symbolic.symbolic_loss(model, prompts, tokens, [5, 6], np.random.default_rng(0), 8)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(float(loss.detach()))
+    assert len(qas) == 16 and right.shape == (16,) and right.dtype == torch.bool
+    assert losses[-1] < 0.5 * losses[0], losses
+    for n, qa in enumerate(qas):   # 8 questions of scene 5, then 8 of scene 6
+        objects = synthetic.make_scene((5, 6)[n // 8], unique=True, min_size_m=0.25)
+        truth = {t.question: t.answer for family in questions.candidates(objects, np.random.default_rng(1)).values()
+                 for t in family}
+        assert truth.get(qa.question, qa.answer) == qa.answer
+
+
+def test_the_referent_probe_knows_what_each_naming_token_refers_to():
+    from adatoken3d_node.model.llava3d import LOCATION_TOKEN_INDEX
+    model, tokenizer, _ = train.build_model(0)
+    prompts = train.PromptCache(model, tokenizer)
+    probe = referents.ReferentProbe(train.LLAMA['hidden_size'], tokenizer)
+    objects = [synthetic.SceneObject('box', 'red', synthetic.COLOURS['red'], (-1.5, 1.5, 0.22), (0.4, 0.4, 0.4)),
+               synthetic.SceneObject('box', 'blue', synthetic.COLOURS['blue'], (1.5, 0.0, 0.3), (0.6, 0.6, 0.6)),
+               synthetic.SceneObject('sphere', 'red', synthetic.COLOURS['red'], (-1.0, 0.9, 0.15), (0.3,) * 3)]
+
+    def named(question):
+        ids, points = prompts.suffix(question)
+        return [(tokenizer.decode([ids[i]]).strip() if ids[i] >= 0 else 'point', sorted(k))
+                for i, k in probe.referents(ids, points, objects, LOCATION_TOKEN_INDEX)]
+
+    assert named('How many boxes are there?') == [('boxes', [0, 1])]
+    assert named('What shape is the red object?') == [('red', [0, 2])]
+    assert named('Is the red box higher than the blue box?') == [('box', [0]), ('box', [1])]
+    assert named('Is there a green sphere?') == [('sphere', [])]
+    assert named('What is at [1.5, 0.1, 0.3]?') == [('point', [1])]
+    assert named('What is at [0.0, -1.5, 0.0]?') == [('point', [])]
+    red_box = probe.targets([0], objects)
+    assert red_box == {'count': 1, 'colour': probe.colours.index('red'), 'shape': probe.shapes.index('box'),
+                       'cell': referents.CELLS.index('north west'), 'top': 4,   # top 0.42 m: 5 cm bins from 0.2 m
+                       'near_colour': probe.colours.index('red'), 'near_shape': probe.shapes.index('sphere')}
+    assert probe.targets([0, 1], objects) == {**dict.fromkeys(red_box, referents.IGNORE), 'count': 2}
+    assert probe.targets([], objects)['count'] == 0
+
+
 def test_a_short_training_run_writes_a_loadable_checkpoint_that_answers(tmp_path):
     from adatoken3d_node.model.loader import load_llava3d
     from adatoken3d_node.model.scene_qa import SceneAnswerer
     out = tmp_path / 'model'
-    assert train.main(['--out', str(out), '--train-scenes', '4', '--val-scenes', '2', '--vision-steps', '4',
-                       '--steps', '12', '--val-every', '6', '--threads', '2']) == 0
+    assert train.main(['--out', str(out), '--train-scenes', '4', '--val-scenes', '2', '--symbolic-steps', '3',
+                       '--vision-steps', '4', '--steps', '12', '--val-every', '6', '--threads', '2']) == 0
     log = json.loads((out / 'training_log.json').read_text())
-    assert len(log['vision']) == 4 and len(log['train']) == 12 and len(log['val']) == 2
+    assert len(log['symbolic']) == 3 and len(log['vision']) == 4 and len(log['train']) == 12 and len(log['val']) == 2
     assert (out / 'training_curves.png').stat().st_size > 0
     assert log['train'][-1]['loss'] < log['train'][0]['loss']
     model, tokenizer, _ = load_llava3d(out)

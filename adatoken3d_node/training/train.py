@@ -1,24 +1,30 @@
 """Train the small scene LLaVA-3D that ships as the node's default model (`make train-tiny`). ROS-free.
 
-    adatoken3d-train-tiny [--out models/scene-llava3d-tiny] [--train-scenes 1000] [--vision-steps 3000]
-                          [--steps 2500] [--seed 0]
+    adatoken3d-train-tiny [--out models/scene-llava3d-tiny] [--train-scenes 1000] [--symbolic-steps 1200]
+                          [--vision-steps 3000] [--steps 2500] [--seed 0]
 
 Same model code and on-disk layout as LLaVA-3D-7B (CLIP vision tower, 3D position embedding,
 voxel pooling, mlp2x_gelu projector, LLaMA, tokenizer), scaled down to train on a 2-core CPU
-in about 15 minutes:
+in under half an hour:
 
     CLIP ViT     160 px, 10 px patches -> 16 x 16 patches, width 64, 2 layers     (trained from scratch)
     LLaMA        hidden 128, 6 layers, 4 heads, vocabulary 512                     (trained from scratch)
 
 Data: dataset.py (rendered room scenes through the node's front end, patch xyz at the patch
-centre) and questions.py. Two stages, as LLaVA trains:
+centre) and questions.py. Three stages; LLaVA's two, after a stand-in for the language
+pretraining LLaVA-3D inherits from Vicuna:
 
+  0. symbolic scenes (--symbolic-steps, symbolic.py): the LLM learns to answer about scenes
+     whose spatial tokens are the ideal ones (its own colour and shape word embeddings plus a
+     position code), 16 scenes a step, no rendering; a referent probe (referents.py) gives the
+     first of the two attention hops every answer needs its own signal;
   1. alignment (--vision-steps): the vision tower, 3D position embedding and projector learn,
      from the renderer's labels, the colour and shape of the object under every CLIP patch
-     and every spatial token (linear probes, AuxHeads; not saved);
+     and every spatial token (linear probes, AuxHeads; not saved), and the spatial tokens move
+     onto the symbolic tokens of the objects they lie on (alignment_loss);
   2. instruction tuning (--steps): the whole model answers every question the scene
-     answers (all families), on a random 5-8 of its 8 views; the auxiliary token loss and a
-     word probe (WordProbe: at each colour/shape word, "is there such an object?") stay on.
+     answers (all families), on a random 5-8 of its 8 views; the auxiliary token loss, the
+     alignment and the referent probe stay on.
 
 The prompt is the node's: build_inputs' llava_v1 prompt, the answer follows "ASSISTANT:" and
 ends with </s>. The spatial tokens come before the question, so the shared prefix (system
@@ -45,8 +51,10 @@ import torch.nn.functional as F
 from ..perception.frontend import FrontEndConfig
 from ..share import SHIPPED_MODEL
 from . import questions
-from .dataset import VIEWS_PER_SCENE, SceneRecord, render_split
+from .dataset import SPLITS, VIEWS_PER_SCENE, SceneRecord, render_split
 from .evaluate import evaluate
+from .referents import PROBE_LAYER, ReferentProbe
+from .symbolic import SymbolicTokens, alignment_loss, symbolic_loss
 
 VISION_TOWER_DIR = 'vision_tower'   # the CLIP checkpoint, inside the model directory
 CLIP = dict(image_size=160, patch_size=10, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
@@ -59,8 +67,10 @@ MIN_VIEWS = 5
 # from the renderer teach the from-scratch vision tower in hundreds of steps what the answers
 # alone would teach it in tens of thousands.
 AUX_WEIGHT = 0.5
-PROBE_LAYER = 2      # WordProbe reads the hidden states after this many layers
-PROBE_WEIGHT = 0.5
+PROBE_WEIGHT = 1.0   # ReferentProbe (referents.py), stages 0 and 2
+ALIGN_WEIGHT = 1.0   # spatial tokens onto the symbolic tokens of stage 0 (relative squared error)
+SYMBOLIC_SCENES_PER_STEP = 16
+SYMBOLIC_QUESTIONS_PER_SCENE = 8
 
 
 PATCH_XYZ = 'centre'   # small objects span few patches: a patch's corner pixel is often the floor beside it
@@ -163,104 +173,70 @@ class AuxHeads(torch.nn.Module):
         return self._ce(self.patch_colour(flat), colour, weight) + self._ce(self.patch_shape(flat), shape, weight)
 
 
-def vision_step(model, aux: AuxHeads, record, config) -> torch.Tensor:
+def vision_step(model, aux: AuxHeads, symbolic: SymbolicTokens, record, config) -> torch.Tensor:
     """Stage 1 (LLaVA's alignment stage, here with dense labels): the vision tower, 3D position
-    embedding and projector learn colour and shape per patch and per spatial token."""
+    embedding and projector learn colour and shape per patch and per spatial token, and the
+    spatial tokens move onto the symbolic tokens stage 0 taught the LLM to read."""
     scene = record.geometry(config)
     features = model.image_features(scene.images)                                   # (V, P, C)
     spatial = model.mm_projector(model.spatial_features(features, scene))            # (M, D)
-    return aux.patch_loss(features, record.patch_objects(), record.objects) + aux.loss(spatial, record.objects, scene)
+    words = model.language_model.get_input_embeddings().weight
+    return (aux.patch_loss(features, record.patch_objects(), record.objects) + aux.loss(spatial, record.objects, scene)
+            + ALIGN_WEIGHT * alignment_loss(spatial, symbolic, record.objects, scene, words))
 
 
-class WordProbe(torch.nn.Module):
-    """Deep supervision (training only, not saved): after layer PROBE_LAYER, the hidden state at each
-    colour or shape word of a question predicts whether the scene holds such an object (a shape word
-    right after a colour word: that colour and shape). Finding the spatial tokens a word refers to is
-    the first of the two attention hops every answer needs (then the last token reads the word);
-    with only the answer's gradient, a model trained from scratch sits at the answer prior for
-    thousands of steps before that hop forms."""
-
-    def __init__(self, hidden: int, tokenizer):
-        super().__init__()
-        from ..synthetic import COLOURS, SHAPES
-        self.head = torch.nn.Linear(hidden, 1)
-        one = lambda w: tokenizer(' ' + w, add_special_tokens=False).input_ids   # noqa: E731
-        self.colour_ids = {one(c)[0]: c for c in COLOURS if len(one(c)) == 1}
-        self.shape_ids = {one(x)[0]: x for x in SHAPES if len(one(x)) == 1}
-        for plural_form, shape in ((questions.plural(x), x) for x in SHAPES):
-            if len(one(plural_form)) == 1:
-                self.shape_ids[one(plural_form)[0]] = shape
-
-    def targets(self, ids: Sequence[int], objects):
-        """(positions, 0/1 targets) of the colour and shape words in a question's token ids."""
-        positions, values = [], []
-        for i, token in enumerate(ids):
-            if token in self.colour_ids:
-                present = any(o.colour_name == self.colour_ids[token] for o in objects)
-            elif token in self.shape_ids:
-                shape = self.shape_ids[token]
-                colour = self.colour_ids.get(ids[i - 1]) if i else None
-                present = any(o.shape == shape and colour in (None, o.colour_name) for o in objects)
-            else:
-                continue
-            positions.append(i)
-            values.append(float(present))
-        return positions, values
-
-
-def scene_loss(model, prompts: PromptCache, scene, qas: Sequence[questions.QA], aux: AuxHeads = None, objects=(),
-               probe: WordProbe = None):
-    """Mean cross-entropy of the answer tokens (and </s>) of every question about one scene (plus
-    AUX_WEIGHT x the auxiliary token loss when aux is given, PROBE_WEIGHT x the word probe's)
-    -> (loss to minimise, (N,) detached mean loss of each question's answer)."""
+def answer_batch(model, prompts: PromptCache, qas: Sequence[questions.QA]):
+    """The prompt after the spatial tokens and the answer, for a batch of questions ->
+    (suffix (N, Ts, D) input embeddings, right-padded; target (N, Ts): answer ids, -100 elsewhere)."""
     from ..model.llava3d import LOCATION_TOKEN_INDEX
 
-    lm = model.language_model
-    embed = lm.get_input_embeddings()
-    spatial = model.mm_projector(model.spatial_features(model.image_features(scene.images), scene))   # (M, D)
-    aux_loss = aux.loss(spatial, objects, scene) if aux is not None else 0.0
-    prefix = torch.cat([embed(torch.tensor(prompts.prefix_ids)), spatial])[None]                  # (1, Tp, D)
-    cache = lm.model(inputs_embeds=prefix, use_cache=True).cache
-    cache.batch_repeat_interleave(len(qas))
-
+    embed = model.language_model.get_input_embeddings()
     rows, labels = [], []
     for qa in qas:
         ids, locations = prompts.suffix(qa.question)
         answer = prompts.answer_ids(qa.answer)
         seq = torch.tensor(ids + answer)
         text = seq != LOCATION_TOKEN_INDEX
-        row = torch.empty(len(seq), prefix.shape[-1])
+        row = torch.empty(len(seq), embed.embedding_dim)
         row[text] = embed(seq[text])
         if len(locations):
             row[~text] = model.location_embeddings(locations)
         rows.append(row)
         labels.append([-100] * len(ids) + answer)
     T = max(len(r) for r in rows)
-    suffix = torch.zeros(len(rows), T, prefix.shape[-1])                                           # (N, Ts, D)
+    suffix = torch.zeros(len(rows), T, embed.embedding_dim)
     target = torch.full((len(rows), T), -100)
     for i, (row, lab) in enumerate(zip(rows, labels)):
         suffix[i, :len(row)] = row
         target[i, :len(lab)] = torch.tensor(lab)
+    return suffix, target
+
+
+def scene_loss(model, prompts: PromptCache, scene, qas: Sequence[questions.QA], aux: AuxHeads = None, objects=(),
+               probe: ReferentProbe = None, symbolic: SymbolicTokens = None):
+    """Mean cross-entropy of the answer tokens (and </s>) of every question about one scene (plus
+    AUX_WEIGHT x the auxiliary token loss when aux is given, PROBE_WEIGHT x the word probe's,
+    ALIGN_WEIGHT x the symbolic alignment's) -> (loss to minimise, (N,) detached mean loss of
+    each question's answer)."""
+    lm = model.language_model
+    embed = lm.get_input_embeddings()
+    spatial = model.mm_projector(model.spatial_features(model.image_features(scene.images), scene))   # (M, D)
+    aux_loss = aux.loss(spatial, objects, scene) if aux is not None else 0.0
+    align_loss = alignment_loss(spatial, symbolic, objects, scene, embed.weight) if symbolic is not None else 0.0
+    prefix = torch.cat([embed(torch.tensor(prompts.prefix_ids)), spatial])[None]                  # (1, Tp, D)
+    cache = lm.model(inputs_embeds=prefix, use_cache=True).cache
+    cache.batch_repeat_interleave(len(qas))
+
+    suffix, target = answer_batch(model, prompts, qas)                                      # (N, Ts, D)
     # Right padding: causal attention keeps the pad positions out of every real position.
-    positions = torch.arange(prefix.shape[1], prefix.shape[1] + T)[None].expand(len(rows), -1)
+    positions = torch.arange(prefix.shape[1], prefix.shape[1] + suffix.shape[1])[None].expand(len(qas), -1)
     out = lm(inputs_embeds=suffix, cache=cache, position_ids=positions, output_hidden_states=probe is not None)
     logits = out.logits                                                                      # (N, Ts, V)
-    probe_loss = 0.0
-    if probe is not None:
-        hidden = out.hidden_states[PROBE_LAYER]                                              # (N, Ts, D)
-        rows_at, cols_at, values = [], [], []
-        for i, qa in enumerate(qas):
-            cols, vals = probe.targets(prompts.suffix(qa.question)[0], objects)
-            rows_at += [i] * len(cols)
-            cols_at += cols
-            values += vals
-        if values:
-            probe_loss = F.binary_cross_entropy_with_logits(probe.head(hidden[rows_at, cols_at]).squeeze(-1),
-                                                            torch.tensor(values))
+    probe_loss = probe.loss(out.hidden_states[PROBE_LAYER], prompts, qas, [objects] * len(qas)) if probe else 0.0
     per_token = F.cross_entropy(logits[:, :-1].transpose(1, 2), target[:, 1:], ignore_index=-100,
                                 reduction='none')                                            # (N, Ts - 1)
     counted = (target[:, 1:] != -100).sum(1)                                                 # (N,)
-    loss = per_token.sum() / counted.sum() + AUX_WEIGHT * aux_loss + PROBE_WEIGHT * probe_loss
+    loss = per_token.sum() / counted.sum() + AUX_WEIGHT * aux_loss + PROBE_WEIGHT * probe_loss + ALIGN_WEIGHT * align_loss
     return loss, per_token.sum(1).detach() / counted
 
 
@@ -275,14 +251,25 @@ def plot_curves(log: dict, path: pathlib.Path) -> None:
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_symbolic, ax_loss, ax_acc) = plt.subplots(1, 3, figsize=(16, 4))
+    if log['symbolic']:
+        for family in questions.FAMILIES:
+            rows = [(r['step'], r['right'][family]) for r in log['symbolic'] if family in r['right']]
+            if len(rows) > 1:
+                steps, right = zip(*rows)
+                window = max(1, min(50, len(right) // 2))
+                ax_symbolic.plot(steps[window - 1:], np.convolve(right, np.ones(window) / window, mode='valid'),
+                                 label=family)
+        ax_symbolic.legend(fontsize=8)
+    ax_symbolic.set(xlabel='step (16 symbolic scenes)', ylabel='answers right (training batches)', ylim=(0, 1.02),
+                    title='stage 0: symbolic scenes')
     steps, losses = zip(*[(r['step'], r['loss']) for r in log['train']])
     window = max(1, min(50, len(losses) // 2))
     smooth = np.convolve(losses, np.ones(window) / window, mode='valid')
     ax_loss.plot(steps, losses, color='0.8', lw=0.6, label='per step')
     ax_loss.plot(steps[window - 1:], smooth, color='C0', label=f'mean of {window}')
     ax_loss.set(xlabel='step (one scene, all its questions)', ylabel='loss', yscale='log',
-                title='stage 2 loss (answers + auxiliary token loss + word probe)')
+                title='stage 2 loss (answers + token, alignment and word-probe losses)')
     ax_loss.legend()
     for family in questions.FAMILIES:
         ax_acc.plot([r['step'] for r in log['val']], [r['families'][family]['accuracy'] for r in log['val']],
@@ -306,13 +293,52 @@ def validate(model, tokenizer, records: Sequence[SceneRecord], step: int) -> dic
     return {'step': step, **result['dense'].summary()}
 
 
+def cosine_with_warmup(optimiser, steps: int):
+    warmup = max(1, steps // 30)
+    return torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: min(1.0, (s + 1) / warmup) * (
+        0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))))
+
+
+def symbolic_training(model, prompts: PromptCache, symbolic: SymbolicTokens, probe: ReferentProbe, args,
+                      log: dict) -> None:
+    """Stage 0 (symbolic.py): the LLM, the location-token embedding and the symbolic tokens learn to
+    answer about symbolic scenes, SYMBOLIC_SCENES_PER_STEP of them per step (train-split seeds),
+    with the referent probe."""
+    params = [*model.language_model.parameters(), *model.prompt_pos_emb.parameters(), *symbolic.parameters(),
+              *probe.parameters()]
+    optimiser = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    schedule = cosine_with_warmup(optimiser, args.symbolic_steps)
+    rng = np.random.default_rng(args.seed + 1)
+    seeds = iter(range(SPLITS['train'], SPLITS['val']))
+    started = time.monotonic()
+    for step in range(args.symbolic_steps):
+        batch = [next(seeds) for _ in range(SYMBOLIC_SCENES_PER_STEP)]
+        loss, qas, right = symbolic_loss(model, prompts, symbolic, batch, rng, SYMBOLIC_QUESTIONS_PER_SCENE,
+                                         probe, PROBE_WEIGHT)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimiser.step()
+        schedule.step()
+        families = {f: round(float(np.mean([r for r, qa in zip(right.tolist(), qas) if qa.family == f])), 3)
+                    for f in {qa.family for qa in qas}}
+        log['symbolic'].append({'step': step, 'loss': round(float(loss.detach()), 5), 'right': families})
+        if step % 50 == 0:
+            recent = log['symbolic'][-50:]
+            print(f'symbolic step {step:5d}  loss {np.mean([r["loss"] for r in recent]):.4f}  '
+                  f'{time.monotonic() - started:.0f} s  ' + ' '.join(
+                      f'{f[:5]} {np.mean([r["right"][f] for r in recent if f in r["right"]]):.2f}'
+                      for f in questions.FAMILIES), flush=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog='adatoken3d-train-tiny', description=__doc__.split('\n\n')[0])
     parser.add_argument('--out', type=pathlib.Path, default=SHIPPED_MODEL)
     parser.add_argument('--train-scenes', type=int, default=1000)
     parser.add_argument('--val-scenes', type=int, default=40)
     parser.add_argument('--steps', type=int, default=2500)
-    parser.add_argument('--lr', type=float, default=2e-3)
+    parser.add_argument('--lr', type=float, default=1e-3)
+    parser.add_argument('--symbolic-steps', type=int, default=1200, help='stage 0: symbolic-scene steps')
     parser.add_argument('--vision-steps', type=int, default=3000, help='stage 1: vision alignment steps')
     parser.add_argument('--vision-lr', type=float, default=3e-3)
     parser.add_argument('--seed', type=int, default=0)
@@ -334,29 +360,29 @@ def main(argv=None) -> int:
     model.train()
     prompts = PromptCache(model, tokenizer)
     aux = AuxHeads(LLAMA['hidden_size'], CLIP['hidden_size'])
-    probe = WordProbe(LLAMA['hidden_size'], tokenizer)
+    probe = ReferentProbe(LLAMA['hidden_size'], tokenizer)
+    symbolic = SymbolicTokens(LLAMA['hidden_size'], tokenizer)
     params = sum(p.numel() for p in model.parameters())
     named = [*model.named_parameters(), *aux.named_parameters(prefix='aux'), *probe.named_parameters(prefix='probe')]
     decay = [p for n, p in named if p.ndim >= 2 and 'embed' not in n]
     no_decay = [p for n, p in named if not (p.ndim >= 2 and 'embed' not in n)]
     optimiser = torch.optim.AdamW([{'params': decay, 'weight_decay': 0.01}, {'params': no_decay, 'weight_decay': 0.0}],
                                   lr=args.lr, betas=(0.9, 0.98))
-    warmup = max(1, args.steps // 30)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: min(1.0, (s + 1) / warmup) * (
-        0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps)))))
+    schedule = cosine_with_warmup(optimiser, args.steps)
     rng = np.random.default_rng(args.seed)
-    log = {'args': {k: str(v) for k, v in vars(args).items()}, 'parameters': params, 'vision': [], 'train': [],
-           'val': [],
-           'render_s': round(render_s, 1)}
+    log = {'args': {k: str(v) for k, v in vars(args).items()}, 'parameters': params, 'symbolic': [], 'vision': [],
+           'train': [], 'val': [], 'render_s': round(render_s, 1)}
     print(f'model: {params / 1e6:.2f} M parameters; {args.steps} steps', flush=True)
 
     train_start = time.monotonic()
+    symbolic_training(model, prompts, symbolic, probe, args, log)
+    log['symbolic_s'] = round(time.monotonic() - train_start, 1)
     vision_params = [*model.vision_tower.parameters(), *model.video_pos_emb.parameters(),
                      *model.mm_projector.parameters(), *aux.parameters()]
     vision_optimiser = torch.optim.AdamW(vision_params, lr=args.vision_lr, weight_decay=0.0)
     for step in range(args.vision_steps):
         record = train_records[int(rng.integers(len(train_records)))]
-        loss = vision_step(model, aux, record, config)
+        loss = vision_step(model, aux, symbolic, record, config)
         vision_optimiser.zero_grad(set_to_none=True)
         loss.backward()
         vision_optimiser.step()
@@ -364,7 +390,7 @@ def main(argv=None) -> int:
         if step % 250 == 0:
             print(f'vision step {step:5d}  loss {np.mean([r["loss"] for r in log["vision"][-250:]]):.4f}  '
                   f'{time.monotonic() - train_start:.0f} s', flush=True)
-    log['vision_s'] = round(time.monotonic() - train_start, 1)
+    log['vision_s'] = round(time.monotonic() - train_start - log['symbolic_s'], 1)
 
     order = []
     for step in range(args.steps):
@@ -375,7 +401,7 @@ def main(argv=None) -> int:
         scene = record.geometry(config, views)
         # every question the scene answers: the prefix is shared, so each costs only its suffix
         qas = [qa for family in questions.candidates(record.objects, rng).values() for qa in family]
-        loss, per_question = scene_loss(model, prompts, scene, qas, aux, record.objects, probe)
+        loss, per_question = scene_loss(model, prompts, scene, qas, aux, record.objects, probe, symbolic)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for _, p in named], 1.0)

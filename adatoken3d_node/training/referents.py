@@ -1,0 +1,107 @@
+"""Deep supervision of the first attention hop: what a question's words refer to. ROS-free, training only.
+
+Every answer needs two hops: the words that name objects ("cylinder", "red box", a location
+token) find the spatial tokens of those objects, then the answer position reads the words. With
+only the answer to learn from, a language model trained from scratch sits at the answer priors
+for thousands of steps, because neither hop pays off before the other exists. ReferentProbe
+gives the first hop its own signal: after PROBE_LAYER layers, the hidden state at every naming
+token predicts facts about its referents (linear heads, not saved):
+
+    count      how many objects it names (0-8)
+    when it names exactly one:
+    colour, shape, cell (3 x 3 grid), top (its top's height, 5 cm bins),
+    near_colour, near_shape (the object nearest to it)
+
+The second hop (the answer position reading a word a fixed distance back) forms in tens of
+steps once the first carries the answer. This supervises what the hidden states hold, never
+where attention goes: the gate's scores stay the model's own.
+"""
+from typing import List, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..synthetic import COLOURS, SHAPES, SceneObject
+from . import questions
+from .dataset import token_objects
+
+PROBE_LAYER = 2          # the hidden states after this many layers (of 6)
+MAX_COUNT = 8
+TOP_BIN_M, TOP_FROM_M, TOP_BINS = 0.05, 0.2, 9
+CELLS = tuple(questions.cell(x, y) for y in (1.5, 0.0, -1.5) for x in (-1.5, 0.0, 1.5))
+IGNORE = -100
+
+
+class ReferentProbe(nn.Module):
+    def __init__(self, hidden: int, tokenizer):
+        super().__init__()
+        self.colours, self.shapes = list(COLOURS), list(SHAPES)
+        sizes = {'count': MAX_COUNT + 1, 'colour': len(self.colours), 'shape': len(self.shapes), 'cell': len(CELLS),
+                 'top': TOP_BINS, 'near_colour': len(self.colours), 'near_shape': len(self.shapes)}
+        self.heads = nn.ModuleDict({name: nn.Linear(hidden, n) for name, n in sizes.items()})
+        one = lambda w: tokenizer(' ' + w, add_special_tokens=False).input_ids   # noqa: E731
+        self.colour_ids = {one(c)[0]: c for c in self.colours if len(one(c)) == 1}
+        self.shape_ids = {one(s)[0]: s for s in self.shapes if len(one(s)) == 1}
+        for shape in self.shapes:
+            if len(one(questions.plural(shape))) == 1:
+                self.shape_ids[one(questions.plural(shape))[0]] = shape
+
+    def referents(self, ids: Sequence[int], points: Sequence, objects: Sequence[SceneObject],
+                  location_id: int) -> List[Tuple[int, List[int]]]:
+        """(position, indices of the objects it names) for each naming token of a question's ids: a
+        shape word (with the colour word before it, if any), a colour word not followed by a shape
+        word, a location token (the objects at its point)."""
+        out, point = [], 0
+        for i, token in enumerate(ids):
+            if token == location_id:
+                at = token_objects(objects, np.asarray(points[point], dtype=np.float64)[None])[0]
+                out.append((i, [int(at)] if at >= 0 else []))
+                point += 1
+            elif token in self.shape_ids:
+                colour = self.colour_ids.get(ids[i - 1]) if i else None
+                out.append((i, [k for k, o in enumerate(objects)
+                                if o.shape == self.shape_ids[token] and colour in (None, o.colour_name)]))
+            elif token in self.colour_ids and not (i + 1 < len(ids) and ids[i + 1] in self.shape_ids):
+                out.append((i, [k for k, o in enumerate(objects) if o.colour_name == self.colour_ids[token]]))
+        return out
+
+    def targets(self, named: Sequence[int], objects: Sequence[SceneObject]) -> dict:
+        """Each head's class for one naming token (IGNORE where it names not exactly one object)."""
+        target = dict.fromkeys(self.heads, IGNORE)
+        target['count'] = min(len(named), MAX_COUNT)
+        if len(named) != 1:
+            return target
+        obj = objects[named[0]]
+        target.update(colour=self.colours.index(obj.colour_name), shape=self.shapes.index(obj.shape),
+                      cell=CELLS.index(questions.cell(*obj.centre[:2])),
+                      top=int(np.clip((questions.top(obj) - TOP_FROM_M) // TOP_BIN_M, 0, TOP_BINS - 1)))
+        others = [o for o in objects if o is not obj]
+        if others:
+            near = min(others, key=lambda o: np.linalg.norm(np.subtract(o.centre, obj.centre)))
+            target.update(near_colour=self.colours.index(near.colour_name), near_shape=self.shapes.index(near.shape))
+        return target
+
+    def loss(self, hidden: torch.Tensor, prompts, qas: Sequence[questions.QA],
+             objects_of: Sequence[Sequence[SceneObject]]) -> torch.Tensor:
+        """hidden (N, Ts, D): the states after PROBE_LAYER over each question's suffix; objects_of[n]:
+        the scene of question n -> summed cross-entropy of the heads over every naming token."""
+        from ..model.llava3d import LOCATION_TOKEN_INDEX
+        rows, cols, targets = [], [], {name: [] for name in self.heads}
+        for n, qa in enumerate(qas):
+            ids, points = prompts.suffix(qa.question)
+            for position, named in self.referents(ids, points, objects_of[n], LOCATION_TOKEN_INDEX):
+                rows.append(n)
+                cols.append(position)
+                for name, value in self.targets(named, objects_of[n]).items():
+                    targets[name].append(value)
+        if not rows:
+            return hidden.sum() * 0.0
+        states = hidden[rows, cols]                                                          # (K, D)
+        total = 0.0
+        for name, head in self.heads.items():
+            target = torch.tensor(targets[name])
+            if (target != IGNORE).any():
+                total = total + F.cross_entropy(head(states), target, ignore_index=IGNORE)
+        return total

@@ -1,0 +1,148 @@
+"""Stage 0 of training: the language model learns to answer about symbolic scenes. ROS-free.
+
+LLaVA-3D starts from a pretrained LLM (Vicuna) that already knows how to find, in its context,
+the words a question refers to and read them out. This model's LLaMA starts from random weights,
+and with only answers to learn from it sits at the answer priors for thousands of steps: every
+answer needs two attention hops (the question word finds the spatial tokens it refers to, the
+answer position reads them), and neither hop pays off before the other exists.
+
+Stage 0 forms those hops where they are cheap. A symbolic scene is the same question-answering
+task with the vision part replaced by its ideal output: each spatial token is
+
+    token = E[colour word] + E[shape word] + POSITION_SCALE * position(xyz)    on an object
+          = background + POSITION_SCALE * position(xyz)                         floor or wall
+
+(E: the LLM's own input embeddings, position: a small MLP of the token's world point). There is
+no rendering and no vision tower, the scenes are few tokens long and many are batched: the LLM
+sees dozens of scenes per second instead of three. Even so, answers alone leave it at the answer
+priors for a long time; with the referent probe (referents.py) it leaves them within a few
+hundred steps.
+
+Stage 1 then aligns the projector's output for a rendered scene to the symbolic tokens of the
+same objects (alignment_loss), so the LLM finds the tokens it learned to read; stage 2 tunes
+everything on rendered scenes. The symbolic module is a training aid: it is not saved.
+"""
+from typing import List, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..synthetic import COLOURS, ROOM_HALF_M, SHAPES, SceneObject, make_scene
+from . import questions
+from .dataset import MIN_OBJECT_SIZE_M, token_objects
+from .referents import PROBE_LAYER
+
+TOKENS_PER_SCENE = 96           # rendered scenes have ~470 tokens; 10-25% of them on objects
+TOKENS_PER_OBJECT = (2, 7)      # [low, high) tokens on each object
+# At initialisation a word embedding has norm ~0.25 and the position MLP's output ~4: scaled to about
+# the words' size, neither drowns the other (what an object is matters to every family).
+POSITION_SCALE = 0.05
+WALL_HEIGHT_M = 2.5
+
+
+class SymbolicTokens(nn.Module):
+    """Ideal spatial tokens from object labels and world points (see the module docstring)."""
+
+    def __init__(self, hidden: int, tokenizer):
+        super().__init__()
+        self.colours, self.shapes = list(COLOURS), list(SHAPES)
+        one = lambda w: tokenizer(' ' + w, add_special_tokens=False).input_ids   # noqa: E731
+        if any(len(one(w)) != 1 for w in self.colours + self.shapes):
+            raise ValueError('symbolic tokens need every colour and shape word to be one token')
+        self.register_buffer('colour_ids', torch.tensor([one(c)[0] for c in self.colours]), persistent=False)
+        self.register_buffer('shape_ids', torch.tensor([one(s)[0] for s in self.shapes]), persistent=False)
+        self.background = nn.Parameter(torch.randn(hidden) * 0.02)
+        self.position = nn.Sequential(nn.Linear(3, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+
+    def forward(self, xyz: torch.Tensor, on: torch.Tensor, objects: Sequence[SceneObject],
+                words: torch.Tensor) -> torch.Tensor:
+        """xyz (M, 3) world points, on (M,) object index or -1, words (V, D) the LLM's input
+        embeddings -> (M, D) tokens."""
+        colour = torch.tensor([self.colours.index(o.colour_name) for o in objects] or [0])
+        shape = torch.tensor([self.shapes.index(o.shape) for o in objects] or [0])
+        index = on.clamp(min=0)
+        named = words[self.colour_ids[colour[index]]] + words[self.shape_ids[shape[index]]]      # (M, D)
+        base = torch.where((on >= 0)[:, None], named, self.background.expand_as(named))
+        return base + POSITION_SCALE * self.position(xyz)
+
+
+def symbolic_scene(objects: Sequence[SceneObject], rng: np.random.Generator,
+                   count: int = TOKENS_PER_SCENE) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Token points of a symbolic scene -> xyz (count, 3), on (count,): a few points inside each
+    object, the rest on the walls and on the floor clear of the objects, in random order."""
+    points, on = [], []
+    for i, obj in enumerate(objects):
+        k = int(rng.integers(*TOKENS_PER_OBJECT))
+        # within a quarter of the size of the centre: inside a box, sphere or cylinder alike
+        points.append(np.asarray(obj.centre) + rng.uniform(-0.25, 0.25, (k, 3)) * np.asarray(obj.size))
+        on += [i] * k
+    background = []
+    while len(on) + len(background) < count:
+        p = np.array([*rng.uniform(-ROOM_HALF_M, ROOM_HALF_M, 2), 0.0])
+        if rng.random() < 0.5:    # a wall
+            p[int(rng.integers(2))] = rng.choice([-ROOM_HALF_M, ROOM_HALF_M])
+            p[2] = rng.uniform(0, WALL_HEIGHT_M)
+        elif any(np.hypot(*(p[:2] - o.centre[:2])) < o.footprint_radius + 0.1 for o in objects):
+            continue              # floor under an object: a rendered scene sees the object there
+        background.append(p)
+    points.append(np.reshape(background, (-1, 3)))
+    on += [-1] * len(background)
+    order = rng.permutation(len(on))[:count]
+    return (torch.tensor(np.concatenate(points)[order], dtype=torch.float32),
+            torch.tensor(on, dtype=torch.long)[order])
+
+
+def family_balanced(objects: Sequence[SceneObject], rng: np.random.Generator, count: int) -> List[questions.QA]:
+    """count questions about a scene, each from a family drawn uniformly (among those it answers)."""
+    by_family = [qas for qas in questions.candidates(objects, rng).values() if qas]
+    out = []
+    for _ in range(count):
+        family = by_family[int(rng.integers(len(by_family)))]
+        out.append(family[int(rng.integers(len(family)))])
+    return out
+
+
+def symbolic_loss(model, prompts, symbolic: SymbolicTokens, seeds: Sequence[int], rng: np.random.Generator,
+                  per_scene: int, probe=None, probe_weight: float = 1.0):
+    """Answer loss over per_scene questions about each of the symbolic scenes make_scene(seed), plus
+    probe_weight x the referent probe's (referents.ReferentProbe) when given -> (loss, the questions
+    in batch order, (N,) bool: every answer token predicted right)."""
+
+    from .train import answer_batch
+
+    lm = model.language_model
+    embed = lm.get_input_embeddings()
+    prefixes, qas, objects_of = [], [], []
+    for seed in seeds:
+        objects = make_scene(int(seed), unique=True, min_size_m=MIN_OBJECT_SIZE_M)
+        xyz, on = symbolic_scene(objects, rng)
+        tokens = symbolic(xyz, on, objects, embed.weight)                                  # (S, D)
+        prefixes.append(torch.cat([embed(torch.tensor(prompts.prefix_ids)), tokens]))
+        qas += family_balanced(objects, rng, per_scene)
+        objects_of += [objects] * per_scene
+    prefix = torch.stack(prefixes)                                                         # (B, Tp, D)
+    cache = lm.model(inputs_embeds=prefix, use_cache=True).cache
+    cache.batch_repeat_interleave(per_scene)
+    suffix, target = answer_batch(model, prompts, qas)                                     # (B * Q, Ts, D)
+    positions = torch.arange(prefix.shape[1], prefix.shape[1] + suffix.shape[1])[None].expand(len(qas), -1)
+    out = lm(inputs_embeds=suffix, cache=cache, position_ids=positions, output_hidden_states=probe is not None)
+    logits = out.logits                                                                    # (N, Ts, V)
+    loss = F.cross_entropy(logits[:, :-1].transpose(1, 2), target[:, 1:], ignore_index=-100)
+    if probe is not None:
+        loss = loss + probe_weight * probe.loss(out.hidden_states[PROBE_LAYER], prompts, qas, objects_of)
+    answered = target[:, 1:] != -100
+    right = (logits[:, :-1].argmax(-1) == target[:, 1:]) | ~answered
+    return loss, qas, right.all(1)
+
+
+def alignment_loss(spatial: torch.Tensor, symbolic: SymbolicTokens, objects: Sequence[SceneObject], scene,
+                   words: torch.Tensor) -> torch.Tensor:
+    """Stage 1: a rendered scene's spatial tokens (M, D) regress onto the symbolic tokens of the
+    objects they lie on at their centres (relative squared error; the targets are held fixed)."""
+    centres = scene.tokens.centres.float()
+    on = torch.from_numpy(token_objects(objects, centres.numpy()))
+    with torch.no_grad():
+        target = symbolic(centres, on, objects, words)                                    # (M, D)
+    return F.mse_loss(spatial, target) / target.pow(2).mean()
