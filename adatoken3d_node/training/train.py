@@ -215,7 +215,7 @@ def answer_batch(model, prompts: PromptCache, qas: Sequence[questions.QA]):
 def scene_loss(model, prompts: PromptCache, scene, qas: Sequence[questions.QA], aux: AuxHeads = None, objects=(),
                probe: ReferentProbe = None, symbolic: SymbolicTokens = None):
     """Mean cross-entropy of the answer tokens (and </s>) of every question about one scene (plus
-    AUX_WEIGHT x the auxiliary token loss when aux is given, PROBE_WEIGHT x the word probe's,
+    AUX_WEIGHT x the auxiliary token loss when aux is given, PROBE_WEIGHT x the referent probe's,
     ALIGN_WEIGHT x the symbolic alignment's) -> (loss to minimise, (N,) detached mean loss of
     each question's answer)."""
     lm = model.language_model
@@ -269,7 +269,7 @@ def plot_curves(log: dict, path: pathlib.Path) -> None:
     ax_loss.plot(steps, losses, color='0.8', lw=0.6, label='per step')
     ax_loss.plot(steps[window - 1:], smooth, color='C0', label=f'mean of {window}')
     ax_loss.set(xlabel='step (one scene, all its questions)', ylabel='loss', yscale='log',
-                title='stage 2 loss (answers + token, alignment and word-probe losses)')
+                title='stage 2 loss (answers + token, alignment and referent-probe losses)')
     ax_loss.legend()
     for family in questions.FAMILIES:
         ax_acc.plot([r['step'] for r in log['val']], [r['families'][family]['accuracy'] for r in log['val']],
