@@ -34,7 +34,7 @@ from . import questions
 from .dataset import MIN_OBJECT_SIZE_M, token_objects
 from .referents import PROBE_LAYER
 
-TOKENS_PER_SCENE = 96           # rendered scenes have ~470 tokens; 10-25% of them on objects
+TOKENS_PER_SCENE = 96           # rendered scenes (8 views) have ~520 tokens, 12-36% of them on objects
 TOKENS_PER_OBJECT = (2, 7)      # [low, high) tokens on each object
 # At initialisation a word embedding has norm ~0.25 and the position MLP's output ~4: scaled to about
 # the words' size, neither drowns the other (what an object is matters to every family).
