@@ -194,7 +194,7 @@ def test_symbolic_training_learns_to_read_its_tokens():
     optimiser = torch.optim.AdamW(params, lr=3e-3)
     losses = []
     for _ in range(10):
-        loss, qas, right = symbolic.symbolic_loss(model, prompts, tokens, [5, 6], np.random.default_rng(0), 8)
+        loss, qas, right = train.symbolic_loss(model, prompts, tokens, [5, 6], np.random.default_rng(0), 8)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()

@@ -68,6 +68,13 @@ def cell_margin(x: float, y: float) -> float:
     return float(min(abs(v - e) for v in (x, y) for e in CELL_EDGES_M))
 
 
+def word_token(tokenizer, word: str):
+    """The one token id of ' word' (as it follows a space in a question or answer); None when the
+    tokenizer splits it."""
+    ids = tokenizer(' ' + word, add_special_tokens=False).input_ids
+    return ids[0] if len(ids) == 1 else None
+
+
 def fmt_point(p: Sequence[float]) -> str:
     return '[' + ', '.join(f'{float(v):.1f}' for v in p) + ']'
 

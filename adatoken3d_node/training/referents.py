@@ -41,12 +41,10 @@ class ReferentProbe(nn.Module):
         sizes = {'count': MAX_COUNT + 1, 'colour': len(self.colours), 'shape': len(self.shapes), 'cell': len(CELLS),
                  'top': TOP_BINS, 'near_colour': len(self.colours), 'near_shape': len(self.shapes)}
         self.heads = nn.ModuleDict({name: nn.Linear(hidden, n) for name, n in sizes.items()})
-        one = lambda w: tokenizer(' ' + w, add_special_tokens=False).input_ids   # noqa: E731
-        self.colour_ids = {one(c)[0]: c for c in self.colours if len(one(c)) == 1}
-        self.shape_ids = {one(s)[0]: s for s in self.shapes if len(one(s)) == 1}
-        for shape in self.shapes:
-            if len(one(questions.plural(shape))) == 1:
-                self.shape_ids[one(questions.plural(shape))[0]] = shape
+        token = lambda word: questions.word_token(tokenizer, word)   # noqa: E731
+        self.colour_ids = {token(c): c for c in self.colours if token(c) is not None}
+        self.shape_ids = {token(form): s for s in self.shapes for form in (s, questions.plural(s))
+                          if token(form) is not None}
 
     def referents(self, ids: Sequence[int], points: Sequence, objects: Sequence[SceneObject],
                   location_id: int) -> List[Tuple[int, List[int]]]:

@@ -29,17 +29,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..synthetic import COLOURS, ROOM_HALF_M, SHAPES, SceneObject, make_scene
+from ..synthetic import COLOURS, ROOM_HALF_M, SHAPES, WALL_HEIGHT_M, SceneObject
 from . import questions
-from .dataset import MIN_OBJECT_SIZE_M, token_objects
-from .referents import PROBE_LAYER
+from .dataset import token_objects
 
 TOKENS_PER_SCENE = 96           # rendered scenes (8 views) have ~520 tokens, 12-36% of them on objects
 TOKENS_PER_OBJECT = (2, 7)      # [low, high) tokens on each object
 # At initialisation a word embedding has norm ~0.25 and the position MLP's output ~4: scaled to about
 # the words' size, neither drowns the other (what an object is matters to every family).
 POSITION_SCALE = 0.05
-WALL_HEIGHT_M = 2.5
 
 
 class SymbolicTokens(nn.Module):
@@ -48,11 +46,12 @@ class SymbolicTokens(nn.Module):
     def __init__(self, hidden: int, tokenizer):
         super().__init__()
         self.colours, self.shapes = list(COLOURS), list(SHAPES)
-        one = lambda w: tokenizer(' ' + w, add_special_tokens=False).input_ids   # noqa: E731
-        if any(len(one(w)) != 1 for w in self.colours + self.shapes):
+        colour_ids = [questions.word_token(tokenizer, c) for c in self.colours]
+        shape_ids = [questions.word_token(tokenizer, s) for s in self.shapes]
+        if None in colour_ids + shape_ids:
             raise ValueError('symbolic tokens need every colour and shape word to be one token')
-        self.register_buffer('colour_ids', torch.tensor([one(c)[0] for c in self.colours]), persistent=False)
-        self.register_buffer('shape_ids', torch.tensor([one(s)[0] for s in self.shapes]), persistent=False)
+        self.register_buffer('colour_ids', torch.tensor(colour_ids), persistent=False)
+        self.register_buffer('shape_ids', torch.tensor(shape_ids), persistent=False)
         self.background = nn.Parameter(torch.randn(hidden) * 0.02)
         self.position = nn.Sequential(nn.Linear(3, hidden), nn.GELU(), nn.Linear(hidden, hidden))
 
@@ -102,39 +101,6 @@ def family_balanced(objects: Sequence[SceneObject], rng: np.random.Generator, co
         family = by_family[int(rng.integers(len(by_family)))]
         out.append(family[int(rng.integers(len(family)))])
     return out
-
-
-def symbolic_loss(model, prompts, symbolic: SymbolicTokens, seeds: Sequence[int], rng: np.random.Generator,
-                  per_scene: int, probe=None, probe_weight: float = 1.0):
-    """Answer loss over per_scene questions about each of the symbolic scenes make_scene(seed), plus
-    probe_weight x the referent probe's (referents.ReferentProbe) when given -> (loss, the questions
-    in batch order, (N,) bool: every answer token predicted right)."""
-
-    from .train import answer_batch
-
-    lm = model.language_model
-    embed = lm.get_input_embeddings()
-    prefixes, qas, objects_of = [], [], []
-    for seed in seeds:
-        objects = make_scene(int(seed), unique=True, min_size_m=MIN_OBJECT_SIZE_M)
-        xyz, on = symbolic_scene(objects, rng)
-        tokens = symbolic(xyz, on, objects, embed.weight)                                  # (S, D)
-        prefixes.append(torch.cat([embed(torch.tensor(prompts.prefix_ids)), tokens]))
-        qas += family_balanced(objects, rng, per_scene)
-        objects_of += [objects] * per_scene
-    prefix = torch.stack(prefixes)                                                         # (B, Tp, D)
-    cache = lm.model(inputs_embeds=prefix, use_cache=True).cache
-    cache.batch_repeat_interleave(per_scene)
-    suffix, target = answer_batch(model, prompts, qas)                                     # (B * Q, Ts, D)
-    positions = torch.arange(prefix.shape[1], prefix.shape[1] + suffix.shape[1])[None].expand(len(qas), -1)
-    out = lm(inputs_embeds=suffix, cache=cache, position_ids=positions, output_hidden_states=probe is not None)
-    logits = out.logits                                                                    # (N, Ts, V)
-    loss = F.cross_entropy(logits[:, :-1].transpose(1, 2), target[:, 1:], ignore_index=-100)
-    if probe is not None:
-        loss = loss + probe_weight * probe.loss(out.hidden_states[PROBE_LAYER], prompts, qas, objects_of)
-    answered = target[:, 1:] != -100
-    right = (logits[:, :-1].argmax(-1) == target[:, 1:]) | ~answered
-    return loss, qas, right.all(1)
 
 
 def alignment_loss(spatial: torch.Tensor, symbolic: SymbolicTokens, objects: Sequence[SceneObject], scene,

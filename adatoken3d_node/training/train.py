@@ -51,10 +51,11 @@ import torch.nn.functional as F
 from ..perception.frontend import FrontEndConfig
 from ..share import SHIPPED_MODEL
 from . import questions
-from .dataset import SPLITS, VIEWS_PER_SCENE, SceneRecord, render_split
+from ..synthetic import make_scene
+from .dataset import MIN_OBJECT_SIZE_M, SPLITS, VIEWS_PER_SCENE, SceneRecord, render_split
 from .evaluate import evaluate
 from .referents import PROBE_LAYER, ReferentProbe
-from .symbolic import SymbolicTokens, alignment_loss, symbolic_loss
+from .symbolic import SymbolicTokens, alignment_loss, family_balanced, symbolic_scene
 
 VISION_TOWER_DIR = 'vision_tower'   # the CLIP checkpoint, inside the model directory
 CLIP = dict(image_size=160, patch_size=10, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
@@ -212,25 +213,32 @@ def answer_batch(model, prompts: PromptCache, qas: Sequence[questions.QA]):
     return suffix, target
 
 
+def answer_forward(model, prompts: PromptCache, prefix: torch.Tensor, qas: Sequence[questions.QA],
+                   hidden_states: bool = False):
+    """The LLM over B shared prefixes (B, Tp, D) (system prompt + spatial tokens), each followed by
+    its len(qas) / B questions in order: the prefix runs once and its KV cache is repeated for its
+    questions -> (the LLM's output over the suffixes: logits (N, Ts, V) [, hidden_states]; target (N, Ts))."""
+    lm = model.language_model
+    cache = lm.model(inputs_embeds=prefix, use_cache=True).cache
+    cache.batch_repeat_interleave(len(qas) // prefix.shape[0])
+    suffix, target = answer_batch(model, prompts, qas)                                      # (N, Ts, D)
+    # Right padding: causal attention keeps the pad positions out of every real position.
+    positions = torch.arange(prefix.shape[1], prefix.shape[1] + suffix.shape[1])[None].expand(len(qas), -1)
+    return lm(inputs_embeds=suffix, cache=cache, position_ids=positions, output_hidden_states=hidden_states), target
+
+
 def scene_loss(model, prompts: PromptCache, scene, qas: Sequence[questions.QA], aux: AuxHeads = None, objects=(),
                probe: ReferentProbe = None, symbolic: SymbolicTokens = None):
     """Mean cross-entropy of the answer tokens (and </s>) of every question about one scene (plus
     AUX_WEIGHT x the auxiliary token loss when aux is given, PROBE_WEIGHT x the referent probe's,
     ALIGN_WEIGHT x the symbolic alignment's) -> (loss to minimise, (N,) detached mean loss of
     each question's answer)."""
-    lm = model.language_model
-    embed = lm.get_input_embeddings()
+    embed = model.language_model.get_input_embeddings()
     spatial = model.mm_projector(model.spatial_features(model.image_features(scene.images), scene))   # (M, D)
     aux_loss = aux.loss(spatial, objects, scene) if aux is not None else 0.0
     align_loss = alignment_loss(spatial, symbolic, objects, scene, embed.weight) if symbolic is not None else 0.0
     prefix = torch.cat([embed(torch.tensor(prompts.prefix_ids)), spatial])[None]                  # (1, Tp, D)
-    cache = lm.model(inputs_embeds=prefix, use_cache=True).cache
-    cache.batch_repeat_interleave(len(qas))
-
-    suffix, target = answer_batch(model, prompts, qas)                                      # (N, Ts, D)
-    # Right padding: causal attention keeps the pad positions out of every real position.
-    positions = torch.arange(prefix.shape[1], prefix.shape[1] + suffix.shape[1])[None].expand(len(qas), -1)
-    out = lm(inputs_embeds=suffix, cache=cache, position_ids=positions, output_hidden_states=probe is not None)
+    out, target = answer_forward(model, prompts, prefix, qas, probe is not None)
     logits = out.logits                                                                      # (N, Ts, V)
     probe_loss = probe.loss(out.hidden_states[PROBE_LAYER], prompts, qas, [objects] * len(qas)) if probe else 0.0
     per_token = F.cross_entropy(logits[:, :-1].transpose(1, 2), target[:, 1:], ignore_index=-100,
@@ -238,6 +246,30 @@ def scene_loss(model, prompts: PromptCache, scene, qas: Sequence[questions.QA], 
     counted = (target[:, 1:] != -100).sum(1)                                                 # (N,)
     loss = per_token.sum() / counted.sum() + AUX_WEIGHT * aux_loss + PROBE_WEIGHT * probe_loss + ALIGN_WEIGHT * align_loss
     return loss, per_token.sum(1).detach() / counted
+
+
+def symbolic_loss(model, prompts: PromptCache, symbolic: SymbolicTokens, seeds: Sequence[int],
+                  rng: np.random.Generator, per_scene: int, probe: ReferentProbe = None, probe_weight: float = 1.0):
+    """Answer loss over per_scene questions about each of the symbolic scenes make_scene(seed), plus
+    probe_weight x the referent probe's (referents.ReferentProbe) when given -> (loss, the questions
+    in batch order, (N,) bool: every answer token predicted right)."""
+    embed = model.language_model.get_input_embeddings()
+    prefixes, qas, objects_of = [], [], []
+    for seed in seeds:
+        objects = make_scene(int(seed), unique=True, min_size_m=MIN_OBJECT_SIZE_M)
+        xyz, on = symbolic_scene(objects, rng)
+        tokens = symbolic(xyz, on, objects, embed.weight)                                     # (S, D)
+        prefixes.append(torch.cat([embed(torch.tensor(prompts.prefix_ids)), tokens]))
+        qas += family_balanced(objects, rng, per_scene)
+        objects_of += [objects] * per_scene
+    out, target = answer_forward(model, prompts, torch.stack(prefixes), qas, probe is not None)   # (B * Q, Ts, V)
+    logits = out.logits
+    loss = F.cross_entropy(logits[:, :-1].transpose(1, 2), target[:, 1:], ignore_index=-100)
+    if probe is not None:
+        loss = loss + probe_weight * probe.loss(out.hidden_states[PROBE_LAYER], prompts, qas, objects_of)
+    answered = target[:, 1:] != -100
+    right = (logits[:, :-1].argmax(-1) == target[:, 1:]) | ~answered
+    return loss, qas, right.all(1)
 
 
 def save(model, tokenizer, raw: dict, out: pathlib.Path, marker: dict) -> None:
