@@ -24,6 +24,7 @@ COLOURS: Dict[str, Tuple[int, int, int]] = {
     'cyan': (30, 200, 210),
     'pink': (250, 130, 180),
 }
+COLOUR_NAMES = tuple(COLOURS)   # class order of every colour label (training's heads)
 FLOOR_RGB = (128, 128, 128)
 WALL_RGB = (200, 190, 170)
 SKY_RGB = (135, 190, 235)
@@ -43,6 +44,16 @@ class SceneObject:
     rgb: Tuple[int, int, int]
     centre: Tuple[float, float, float]      # metres, world frame
     size: Tuple[float, float, float]        # sphere: diameter x3; cylinder: (d, d, height)
+
+    @property
+    def colour_index(self) -> int:
+        """Class of the colour in COLOUR_NAMES."""
+        return COLOUR_NAMES.index(self.colour_name)
+
+    @property
+    def shape_index(self) -> int:
+        """Class of the shape in SHAPES."""
+        return SHAPES.index(self.shape)
 
     @property
     def footprint_radius(self) -> float:

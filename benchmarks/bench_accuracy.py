@@ -43,6 +43,9 @@ def policies(num_layers: int, model_path) -> dict:
     out['fastv_k1_15'] = 'fastv:1:0.15'
     out['random_schedule'] = 'random' + schedule[len('schedule'):]
     out['random_k1_15'] = 'random:1:0.15'
+    # Two or three spatial tokens left from layer 1 on: what layer 0 alone reads of the scene. Where this
+    # scores like dense, no cut at layer 1 or later can tell a good policy from a bad one.
+    out['random_k1_min'] = 'random:1:0.005'
     return out
 
 

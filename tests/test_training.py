@@ -229,11 +229,39 @@ def test_the_referent_probe_knows_what_each_naming_token_refers_to():
     assert named('What is at [1.5, 0.1, 0.3]?') == [('point', [1])]
     assert named('What is at [0.0, -1.5, 0.0]?') == [('point', [])]
     red_box = probe.targets([0], objects)
-    assert red_box == {'count': 1, 'colour': probe.colours.index('red'), 'shape': probe.shapes.index('box'),
-                       'cell': referents.CELLS.index('north west'), 'top': 4,   # top 0.42 m: 5 cm bins from 0.2 m
-                       'near_colour': probe.colours.index('red'), 'near_shape': probe.shapes.index('sphere')}
+    colour, shape = synthetic.COLOUR_NAMES.index, synthetic.SHAPES.index
+    assert red_box == {'count': 1, 'colour': colour('red'), 'shape': shape('box'),
+                       'cell': questions.CELLS.index('north west'), 'top': 4,   # top 0.42 m: 5 cm bins from 0.2 m
+                       'near_colour': colour('red'), 'near_shape': shape('sphere')}
     assert probe.targets([0, 1], objects) == {**dict.fromkeys(red_box, referents.IGNORE), 'count': 2}
     assert probe.targets([], objects)['count'] == 0
+
+def test_every_question_has_a_template_of_its_family_and_training_draws_templates_evenly():
+    drawn, offered = {}, {}
+    for seed in range(40):
+        objects = synthetic.make_scene(seed, unique=True, min_size_m=0.25)
+        kinds = set()
+        for family, qas in questions.candidates(objects, np.random.default_rng(seed)).items():
+            assert all(qa.family == family and qa.kind in questions.KINDS[family] for qa in qas)
+            kinds |= {qa.kind for qa in qas}
+        if {'colour of a shape', 'shape of a colour'} <= kinds:   # a scene with both attribute templates
+            for qa in questions.candidates(objects, np.random.default_rng(seed))['attribute']:
+                offered[qa.kind] = offered.get(qa.kind, 0) + 1
+            for qa in symbolic.family_balanced(objects, np.random.default_rng(seed), 60):
+                drawn[qa.kind] = drawn.get(qa.kind, 0) + 1
+    # such scenes offer ~3 "What shape is the <colour> object?" for each "What color is the <shape>?" ...
+    assert offered['shape of a colour'] > 2 * offered['colour of a shape'], offered
+    # ... and training draws the two evenly
+    assert 0.75 < drawn['colour of a shape'] / drawn['shape of a colour'] < 1.33, drawn
+    assert {k for kinds in questions.KINDS.values() for k in kinds} == set(drawn), drawn
+
+
+def test_the_tokenizer_knows_the_prompt_and_every_scene_word():
+    _, tokenizer, _ = train.build_model(0)
+    from adatoken3d_node.model.prompt import build_prompt
+    assert len(tokenizer(build_prompt('What color is the cylinder?')).input_ids) <= 40   # 83 without the prompt
+    for word in [*synthetic.COLOUR_NAMES, *synthetic.SHAPES, *map(questions.plural, synthetic.SHAPES)]:
+        assert questions.word_token(tokenizer, word) is not None, word
 
 
 def test_a_short_training_run_writes_a_loadable_checkpoint_that_answers(tmp_path):

@@ -32,8 +32,10 @@ def scene_questions(record: SceneRecord, per_family: int = EVAL_QUESTIONS_PER_FA
 
 @dataclass
 class Accuracy:
-    correct: Dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    correct: Dict[str, int] = field(default_factory=lambda: defaultdict(int))   # per family
     asked: Dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    kind_correct: Dict[str, int] = field(default_factory=lambda: defaultdict(int))   # per template (QA.kind)
+    kind_asked: Dict[str, int] = field(default_factory=lambda: defaultdict(int))
     flops: float = 0.0
     flops_dense: float = 0.0
     kept_share: List[float] = field(default_factory=list)
@@ -43,6 +45,8 @@ class Accuracy:
         ok = is_correct(answer.text, qa.answer)
         self.correct[qa.family] += ok
         self.asked[qa.family] += 1
+        self.kind_correct[qa.kind] += ok
+        self.kind_asked[qa.kind] += 1
         self.flops += answer.prefill_flops
         self.flops_dense += answer.prefill_flops_dense
         self.kept_share.append(answer.spatial_tokens_kept / max(answer.spatial_tokens, 1))
@@ -65,7 +69,10 @@ class Accuracy:
                 'flops_reduction': round(self.flops_reduction, 4),
                 'mean_spatial_kept_share': round(float(np.mean(self.kept_share)), 4) if self.kept_share else 1.0,
                 'families': {f: {'accuracy': round(self.family(f), 4), 'questions': self.asked[f]}
-                             for f in questions.FAMILIES}}
+                             for f in questions.FAMILIES},
+                'kinds': {k: {'accuracy': round(self.kind_correct[k] / self.kind_asked[k], 4),
+                              'questions': self.kind_asked[k]}
+                          for kinds in questions.KINDS.values() for k in kinds if self.kind_asked[k]}}
 
 
 def evaluate(answerer, records: Sequence[SceneRecord], config: FrontEndConfig, policies: Dict[str, object],

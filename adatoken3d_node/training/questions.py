@@ -36,6 +36,19 @@ class QA:
     family: str
     question: str
     answer: str
+    kind: str = ''     # the template within the family (KINDS), e.g. 'colour of a shape'
+
+
+# The templates of each family. Training draws them evenly (symbolic.family_balanced): a scene has
+# ~3 shape-colour questions for every colour-of-a-shape one, and the rare template would starve.
+KINDS = {
+    'attribute': ('colour of a shape', 'shape of a colour'),
+    'counting': ('count a shape', 'count a colour'),
+    'existence': ('present', 'absent'),
+    'relation': ('closest', 'higher'),
+    'localisation': ('cell',),
+    'location': ('object at a point', 'nothing at a point'),
+}
 
 
 def name(obj: SceneObject) -> str:
@@ -63,6 +76,9 @@ def cell(x: float, y: float) -> str:
     return f'{ns} {ew}'.strip() or 'centre'
 
 
+CELLS = tuple(cell(x, y) for y in (1.5, 0.0, -1.5) for x in (-1.5, 0.0, 1.5))   # north west ... south east
+
+
 def cell_margin(x: float, y: float) -> float:
     """Distance of a point to the nearest inner cell border."""
     return float(min(abs(v - e) for v in (x, y) for e in CELL_EDGES_M))
@@ -88,20 +104,21 @@ def candidates(objects: Sequence[SceneObject], rng: np.random.Generator) -> Dict
 
     for shape, objs in by_shape.items():
         if len(objs) == 1:
-            out['attribute'].append(QA('attribute', f'What color is the {shape}?', objs[0].colour_name))
-        out['counting'].append(QA('counting', f'How many {plural(shape)} are there?', str(len(objs))))
+            out['attribute'].append(QA('attribute', f'What color is the {shape}?', objs[0].colour_name, 'colour of a shape'))
+        out['counting'].append(QA('counting', f'How many {plural(shape)} are there?', str(len(objs)), 'count a shape'))
     for colour, objs in by_colour.items():
         if len(objs) == 1:
-            out['attribute'].append(QA('attribute', f'What shape is the {colour} object?', objs[0].shape))
+            out['attribute'].append(QA('attribute', f'What shape is the {colour} object?', objs[0].shape, 'shape of a colour'))
         if objs or rng.random() < 0.15:      # absent colours (count 0) now and then
-            out['counting'].append(QA('counting', f'How many {colour} objects are there?', str(len(objs))))
+            out['counting'].append(QA('counting', f'How many {colour} objects are there?', str(len(objs)),
+                                         'count a colour'))
 
     absent = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present]
     for o in objects:
-        out['existence'].append(QA('existence', f'Is there {a(name(o))}?', 'yes'))
+        out['existence'].append(QA('existence', f'Is there {a(name(o))}?', 'yes', 'present'))
     for i in rng.permutation(len(absent))[:len(objects)]:
         c, s = absent[i]
-        out['existence'].append(QA('existence', f'Is there {a(f"{c} {s}")}?', 'no'))
+        out['existence'].append(QA('existence', f'Is there {a(f"{c} {s}")}?', 'no', 'absent'))
 
     centres = np.array([o.centre for o in objects])
     for i, o in enumerate(objects):
@@ -111,21 +128,21 @@ def candidates(objects: Sequence[SceneObject], rng: np.random.Generator) -> Dict
             first, second = np.argsort(d)[:2]
             if d[second] - d[first] >= CLOSEST_MARGIN_M:
                 out['relation'].append(QA('relation', f'Which object is closest to the {name(o)}?',
-                                          name(objects[first])))
+                                          name(objects[first]), 'closest'))
         for j, other in enumerate(objects):
             if j != i and abs(top(o) - top(other)) >= HIGHER_MARGIN_M:
                 out['relation'].append(QA('relation', f'Is the {name(o)} higher than the {name(other)}?',
-                                          'yes' if top(o) > top(other) else 'no'))
+                                          'yes' if top(o) > top(other) else 'no', 'higher'))
         x, y, _ = o.centre
         if cell_margin(x, y) >= CELL_MARGIN_M:
-            out['localisation'].append(QA('localisation', f'Where is the {name(o)}?', cell(x, y)))
+            out['localisation'].append(QA('localisation', f'Where is the {name(o)}?', cell(x, y), 'cell'))
         point = np.asarray(o.centre) + rng.uniform(-0.05, 0.05, 3)
-        out['location'].append(QA('location', f'What is at {fmt_point(point)}?', name(o)))
+        out['location'].append(QA('location', f'What is at {fmt_point(point)}?', name(o), 'object at a point'))
 
     for _ in range(20):   # a few floor points well clear of every object
         p = np.array([*rng.uniform(-AREA_HALF_M, AREA_HALF_M, 2), 0.0])
         if all(np.hypot(*(p[:2] - o.centre[:2])) > o.footprint_radius + NOTHING_CLEARANCE_M for o in objects):
-            out['location'].append(QA('location', f'What is at {fmt_point(p)}?', NOTHING))
+            out['location'].append(QA('location', f'What is at {fmt_point(p)}?', NOTHING, 'nothing at a point'))
             if sum(qa.answer == NOTHING for qa in out['location']) >= max(1, len(objects) // 3):
                 break
     return out
@@ -149,9 +166,16 @@ def sample(objects: Sequence[SceneObject], rng: np.random.Generator, per_family:
     return chosen
 
 
+PROMPT_WEIGHT = 20   # copies of the node's prompt text in the tokenizer corpus (below)
+
+
 def corpus() -> List[str]:
-    """Every template and answer word, for training the tokenizer's merges."""
-    lines = []
+    """Every template and answer word, and the node's prompt around them, for training the tokenizer's
+    merges. The prompt (llava_v1's system prompt and roles) precedes every question: PROMPT_WEIGHT
+    copies make its words single tokens too (83 -> 39 tokens for a short question), which shortens
+    every prefill of training and of the node."""
+    from ..model.prompt import build_prompt
+    lines = [build_prompt('')] * PROMPT_WEIGHT
     for c in COLOURS:
         for s in SHAPES:
             lines += [f'What color is the {s}? {c}', f'What shape is the {c} object? {s}',
@@ -159,6 +183,6 @@ def corpus() -> List[str]:
                       f'Is there {a(f"{c} {s}")}? yes no', f'Which object is closest to the {c} {s}? {c} {s}',
                       f'Is the {c} {s} higher than the {c} {s}? yes', f'Where is the {c} {s}? north east',
                       f'What is at [1.2, -0.5, 0.3]? {c} {s} {NOTHING}']
-    lines += [' '.join(cell(x, y) for x in (-1.5, 0, 1.5) for y in (-1.5, 0, 1.5))]
+    lines += [' '.join(CELLS)]
     lines += [' '.join(str(i) for i in range(10))]
     return lines

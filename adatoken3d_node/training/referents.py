@@ -23,28 +23,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..synthetic import COLOURS, SHAPES, SceneObject
+from ..synthetic import COLOUR_NAMES, SHAPES, SceneObject
 from . import questions
 from .dataset import token_objects
 
 PROBE_LAYER = 2          # the hidden states after this many layers (of 6)
 MAX_COUNT = 8
 TOP_BIN_M, TOP_FROM_M, TOP_BINS = 0.05, 0.2, 9
-CELLS = tuple(questions.cell(x, y) for y in (1.5, 0.0, -1.5) for x in (-1.5, 0.0, 1.5))
 IGNORE = -100
 
 
 class ReferentProbe(nn.Module):
     def __init__(self, hidden: int, tokenizer):
         super().__init__()
-        self.colours, self.shapes = list(COLOURS), list(SHAPES)
-        sizes = {'count': MAX_COUNT + 1, 'colour': len(self.colours), 'shape': len(self.shapes), 'cell': len(CELLS),
-                 'top': TOP_BINS, 'near_colour': len(self.colours), 'near_shape': len(self.shapes)}
+        sizes = {'count': MAX_COUNT + 1, 'colour': len(COLOUR_NAMES), 'shape': len(SHAPES),
+                 'cell': len(questions.CELLS), 'top': TOP_BINS, 'near_colour': len(COLOUR_NAMES),
+                 'near_shape': len(SHAPES)}
         self.heads = nn.ModuleDict({name: nn.Linear(hidden, n) for name, n in sizes.items()})
         token = lambda word: questions.word_token(tokenizer, word)   # noqa: E731
-        self.colour_ids = {token(c): c for c in self.colours if token(c) is not None}
-        self.shape_ids = {token(form): s for s in self.shapes for form in (s, questions.plural(s))
+        self.colour_ids = {token(c): c for c in COLOUR_NAMES if token(c) is not None}
+        self.shape_ids = {token(form): s for s in SHAPES for form in (s, questions.plural(s))
                           if token(form) is not None}
+        self.accuracy = {}
 
     def referents(self, ids: Sequence[int], points: Sequence, objects: Sequence[SceneObject],
                   location_id: int) -> List[Tuple[int, List[int]]]:
@@ -72,19 +72,20 @@ class ReferentProbe(nn.Module):
         if len(named) != 1:
             return target
         obj = objects[named[0]]
-        target.update(colour=self.colours.index(obj.colour_name), shape=self.shapes.index(obj.shape),
-                      cell=CELLS.index(questions.cell(*obj.centre[:2])),
+        target.update(colour=obj.colour_index, shape=obj.shape_index,
+                      cell=questions.CELLS.index(questions.cell(*obj.centre[:2])),
                       top=int(np.clip((questions.top(obj) - TOP_FROM_M) // TOP_BIN_M, 0, TOP_BINS - 1)))
         others = [o for o in objects if o is not obj]
         if others:
             near = min(others, key=lambda o: np.linalg.norm(np.subtract(o.centre, obj.centre)))
-            target.update(near_colour=self.colours.index(near.colour_name), near_shape=self.shapes.index(near.shape))
+            target.update(near_colour=near.colour_index, near_shape=near.shape_index)
         return target
 
     def loss(self, hidden: torch.Tensor, prompts, qas: Sequence[questions.QA],
              objects_of: Sequence[Sequence[SceneObject]]) -> torch.Tensor:
         """hidden (N, Ts, D): the states after PROBE_LAYER over each question's suffix; objects_of[n]:
-        the scene of question n -> summed cross-entropy of the heads over every naming token."""
+        the scene of question n -> summed cross-entropy of the heads over every naming token.
+        self.accuracy: each head's share of right classes in this call (for the training log)."""
         from ..model.llava3d import LOCATION_TOKEN_INDEX
         rows, cols, targets = [], [], {name: [] for name in self.heads}
         for n, qa in enumerate(qas):
@@ -97,9 +98,12 @@ class ReferentProbe(nn.Module):
         if not rows:
             return hidden.sum() * 0.0
         states = hidden[rows, cols]                                                          # (K, D)
-        total = 0.0
+        total, self.accuracy = 0.0, {}
         for name, head in self.heads.items():
             target = torch.tensor(targets[name])
-            if (target != IGNORE).any():
-                total = total + F.cross_entropy(head(states), target, ignore_index=IGNORE)
+            asked = target != IGNORE
+            if asked.any():
+                logits = head(states)
+                total = total + F.cross_entropy(logits, target, ignore_index=IGNORE)
+                self.accuracy[name] = float((logits.detach().argmax(-1) == target)[asked].float().mean())
         return total

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..synthetic import COLOURS, ROOM_HALF_M, SHAPES, WALL_HEIGHT_M, SceneObject
+from ..synthetic import COLOUR_NAMES, ROOM_HALF_M, SHAPES, WALL_HEIGHT_M, SceneObject
 from . import questions
 from .dataset import token_objects
 
@@ -45,9 +45,8 @@ class SymbolicTokens(nn.Module):
 
     def __init__(self, hidden: int, tokenizer):
         super().__init__()
-        self.colours, self.shapes = list(COLOURS), list(SHAPES)
-        colour_ids = [questions.word_token(tokenizer, c) for c in self.colours]
-        shape_ids = [questions.word_token(tokenizer, s) for s in self.shapes]
+        colour_ids = [questions.word_token(tokenizer, c) for c in COLOUR_NAMES]
+        shape_ids = [questions.word_token(tokenizer, s) for s in SHAPES]
         if None in colour_ids + shape_ids:
             raise ValueError('symbolic tokens need every colour and shape word to be one token')
         self.register_buffer('colour_ids', torch.tensor(colour_ids), persistent=False)
@@ -59,8 +58,8 @@ class SymbolicTokens(nn.Module):
                 words: torch.Tensor) -> torch.Tensor:
         """xyz (M, 3) world points, on (M,) object index or -1, words (V, D) the LLM's input
         embeddings -> (M, D) tokens."""
-        colour = torch.tensor([self.colours.index(o.colour_name) for o in objects] or [0])
-        shape = torch.tensor([self.shapes.index(o.shape) for o in objects] or [0])
+        colour = torch.tensor([o.colour_index for o in objects] or [0])
+        shape = torch.tensor([o.shape_index for o in objects] or [0])
         index = on.clamp(min=0)
         named = words[self.colour_ids[colour[index]]] + words[self.shape_ids[shape[index]]]      # (M, D)
         base = torch.where((on >= 0)[:, None], named, self.background.expand_as(named))
@@ -94,12 +93,18 @@ def symbolic_scene(objects: Sequence[SceneObject], rng: np.random.Generator,
 
 
 def family_balanced(objects: Sequence[SceneObject], rng: np.random.Generator, count: int) -> List[questions.QA]:
-    """count questions about a scene, each from a family drawn uniformly (among those it answers)."""
-    by_family = [qas for qas in questions.candidates(objects, rng).values() if qas]
+    """count questions about a scene, each from a family drawn uniformly (among those it answers),
+    then from one of that family's templates (questions.KINDS) drawn uniformly (among those it has)."""
+    by_family = []
+    for qas in questions.candidates(objects, rng).values():
+        kinds = [[qa for qa in qas if qa.kind == kind] for kind in dict.fromkeys(qa.kind for qa in qas)]
+        if kinds:
+            by_family.append(kinds)
     out = []
     for _ in range(count):
-        family = by_family[int(rng.integers(len(by_family)))]
-        out.append(family[int(rng.integers(len(family)))])
+        kinds = by_family[int(rng.integers(len(by_family)))]
+        pool = kinds[int(rng.integers(len(kinds)))]
+        out.append(pool[int(rng.integers(len(pool)))])
     return out
 
 
