@@ -236,6 +236,7 @@ def test_the_referent_probe_knows_what_each_naming_token_refers_to():
     assert probe.targets([0, 1], objects) == {**dict.fromkeys(red_box, referents.IGNORE), 'count': 2}
     assert probe.targets([], objects)['count'] == 0
 
+
 def test_every_question_has_a_template_of_its_family_and_training_draws_templates_evenly():
     drawn, offered = {}, {}
     for seed in range(40):

@@ -20,6 +20,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
+from ..model.prompt import build_prompt
 from ..synthetic import AREA_HALF_M, COLOURS, SHAPES, SceneObject
 
 FAMILIES = ('attribute', 'counting', 'existence', 'relation', 'localisation', 'location')
@@ -174,7 +175,6 @@ def corpus() -> List[str]:
     merges. The prompt (llava_v1's system prompt and roles) precedes every question: PROMPT_WEIGHT
     copies make its words single tokens too (83 -> 39 tokens for a short question), which shortens
     every prefill of training and of the node."""
-    from ..model.prompt import build_prompt
     lines = [build_prompt('')] * PROMPT_WEIGHT
     for c in COLOURS:
         for s in SHAPES:
