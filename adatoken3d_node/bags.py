@@ -20,6 +20,7 @@ from typing import Dict, Iterable, List, Optional
 
 import numpy as np
 
+from . import names
 from .datasets import RGBDFrame, load_redwood, load_tum_single
 from .perception.tf_buffer import matrix_to_transform
 
@@ -34,10 +35,14 @@ class CameraTopics:
     optical_frame: str = 'camera_color_optical_frame'
     fixed_frame: str = 'map'
 
+    def inputs(self) -> Dict[str, str]:
+        """Recorded topic -> the node input it feeds (a names.SENSOR_TOPICS key, 'tf' or 'tf_static')."""
+        return {self.color_image: 'color_image', self.color_info: 'color_info', self.depth_image: 'depth_image',
+                self.depth_info: 'depth_info', names.TF_TOPIC: 'tf', names.TF_STATIC_TOPIC: 'tf_static'}
+
     def remap_arguments(self) -> List[str]:
         """Launch arguments that connect the node to these topics."""
-        return [f'color_image_topic:={self.color_image}', f'color_info_topic:={self.color_info}',
-                f'depth_image_topic:={self.depth_image}', f'depth_info_topic:={self.depth_info}']
+        return [f'{key}_topic:={topic}' for topic, key in self.inputs().items() if key in names.SENSOR_TOPICS]
 
 
 STORAGE = {'sqlite3': 1, 'mcap': 2}
@@ -110,14 +115,14 @@ def write_rgbd_bag(path, frames: Iterable[RGBDFrame], topics: CameraTopics = Cam
         color_info = connection(topics.color_info, 'sensor_msgs/msg/CameraInfo')
         depth = connection(topics.depth_image, 'sensor_msgs/msg/Image')
         depth_info = connection(topics.depth_info, 'sensor_msgs/msg/CameraInfo')
-        tf = connection('/tf', 'tf2_msgs/msg/TFMessage')
+        tf = connection(names.TF_TOPIC, 'tf2_msgs/msg/TFMessage')
         tf_static = None
         for frame in frames:
             stamp = frame.stamp_ns
             height, width = frame.depth.shape
             if frame.pose is None:
                 if tf_static is None:
-                    tf_static = connection('/tf_static', 'tf2_msgs/msg/TFMessage')
+                    tf_static = connection(names.TF_STATIC_TOPIC, 'tf2_msgs/msg/TFMessage')
                     writer.write(tf_static, stamp - 2_000_000, serialize(
                         build.tf(np.eye(4), stamp, topics.fixed_frame, topics.optical_frame),
                         'tf2_msgs/msg/TFMessage'))
@@ -157,7 +162,7 @@ class BagPlayer:
         self.node = rclpy.create_node(node_name, context=context)
         self.publishers: Dict[str, object] = {}
         for c in self.connections:
-            durability = DurabilityPolicy.TRANSIENT_LOCAL if c.topic == '/tf_static' else DurabilityPolicy.VOLATILE
+            durability = DurabilityPolicy.TRANSIENT_LOCAL if c.topic == names.TF_STATIC_TOPIC else DurabilityPolicy.VOLATILE
             qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, durability=durability)
             self.publishers[c.topic] = self.node.create_publisher(message_class(c.msgtype), c.topic, qos)
         self._clock = None

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import rclpy
 from rclpy.action import ActionClient
@@ -150,6 +150,14 @@ class QueryClient:
             raise TimeoutError(f'{self.query_service} not available after {timeout:.0f} s')
         if not self._ask.wait_for_server(timeout_sec=timeout):
             raise TimeoutError(f'{self.ask_action} not available after {timeout:.0f} s')
+
+    def wait_for_inputs(self, keys: Iterable[str], timeout: float = 60.0) -> None:
+        """Until the node's /diagnostics report a matched publisher on each input (a names.SENSOR_TOPICS key,
+        'tf', 'tf_static'). A publisher seeing the node's subscription is not enough: until the node's side
+        has matched it too, what it sends is dropped."""
+        keys = list(keys)
+        self.wait_until(lambda: all(int(self.latest_diagnostics().get(f'publishers.{key}', 0)) > 0 for key in keys),
+                        timeout, f'the node to match publishers on {keys}')
 
     def query_service_ready(self) -> bool:
         """Whether a ~/query server is matched right now (the node is active)."""

@@ -108,7 +108,7 @@ class Adatoken3dNode(LifecycleNode):
         self._worker: Optional[QueryWorker] = None
         self._publishers: List = []
         # created on activate, destroyed on deactivate
-        self._subscriptions_active: List = []
+        self._input_subscriptions: Dict[str, object] = {}   # SENSOR_TOPICS keys, 'tf', 'tf_static'
         self._query_service = None
         self._action_server: Optional[ActionServer] = None
         self._diagnostics_timer = None
@@ -190,13 +190,13 @@ class Adatoken3dNode(LifecycleNode):
             self.get_logger(), tf, sync, on_view_kept=self._publish_scene if config['publish_scene'] else None)
         sensors = sensor_qos(config['sensor_qos_reliability'], config['sensor_qos_depth'])
         pipeline = self._sensors
-        self._subscriptions_active = [
-            self._subscribe(SENSOR_TYPES[key], topic, sensors, lambda msg, key=key: pipeline.on_sensor(key, msg))
-            for key, topic in names.SENSOR_TOPICS.items()]
-        self._subscriptions_active += [
-            self._subscribe(TFMessage, names.TF_TOPIC, TF_QOS, lambda msg: pipeline.on_tf(msg, static=False)),
-            self._subscribe(TFMessage, names.TF_STATIC_TOPIC, TF_STATIC_QOS,
-                            lambda msg: pipeline.on_tf(msg, static=True))]
+        self._input_subscriptions = {
+            key: self._subscribe(SENSOR_TYPES[key], topic, sensors, lambda msg, key=key: pipeline.on_sensor(key, msg))
+            for key, topic in names.SENSOR_TOPICS.items()}
+        self._input_subscriptions['tf'] = self._subscribe(TFMessage, names.TF_TOPIC, TF_QOS,
+                                                          lambda msg: pipeline.on_tf(msg, static=False))
+        self._input_subscriptions['tf_static'] = self._subscribe(TFMessage, names.TF_STATIC_TOPIC, TF_STATIC_QOS,
+                                                                 lambda msg: pipeline.on_tf(msg, static=True))
         self._query_service = self.create_service(Query, names.QUERY_SERVICE, self._on_query,
                                                   qos_profile=QUERY_QOS, callback_group=self._queries_group)
         self._diagnostics_timer = self.create_timer(self._config['diagnostics_period_s'],
@@ -236,9 +236,9 @@ class Adatoken3dNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _destroy_active_entities(self) -> None:
-        for subscription in self._subscriptions_active:
+        for subscription in self._input_subscriptions.values():
             self.destroy_subscription(subscription)
-        self._subscriptions_active = []
+        self._input_subscriptions = {}
         if self._diagnostics_timer is not None:
             self.destroy_timer(self._diagnostics_timer)
             self._diagnostics_timer = None
@@ -416,6 +416,9 @@ class Adatoken3dNode(LifecycleNode):
             for key, meter in sensors.rates.items():
                 values[f'rate_hz.{key}'] = f'{meter.rate_hz():.2f}'
                 values[f'messages.{key}'] = str(meter.count)
+            # Matched at the DDS level from this side: a sensor publishing while this is 0 is not heard.
+            for key, subscription in self._input_subscriptions.items():
+                values[f'publishers.{key}'] = str(subscription.get_publisher_count())
             values.update({f'views.{k}': str(v) for k, v in sensors.counters.items()})
             values.update({f'problems.{k}': str(v) for k, v in sensors.problems.counts.items()})
             values.update({f'sync_dropped.{k}': str(v) for k, v in sensors.sync.dropped.items()})

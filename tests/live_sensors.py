@@ -26,11 +26,12 @@ def tf_link(parent: str, child: str, stamp_ns: int = 0, xyz=(0.0, 0.0, 0.0)) -> 
 
 
 def sensor_publishers(client, namespace: str, keys, timeout: float, tf: bool = False) -> dict:
-    """Reliable publishers on the node's sensor topics (and /tf as 'tf'), once the node subscribes to all."""
+    """Reliable publishers on the node's sensor topics (and /tf as 'tf'), once matched both ways with the node."""
     made = {key: client.node.create_publisher(SENSOR_TYPES[key], f'/{namespace}/{names.SENSOR_TOPICS[key]}',
                                               RELIABLE) for key in keys}
     if tf:
         made['tf'] = client.node.create_publisher(TFMessage, '/tf', RELIABLE)
     client.wait_until(lambda: all(p.get_subscription_count() > 0 for p in made.values()), timeout,
                       'the node to subscribe')
+    client.wait_for_inputs(made, timeout)   # and the node's side to match them: data sent before is dropped
     return made

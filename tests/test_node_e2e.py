@@ -183,6 +183,8 @@ def test_diagnostics_report_the_node_and_remapped_sensor_and_tf_traffic(client):
     client.wait_until(sent_and_seen, CALL_TIMEOUT, 'diagnostics counting remapped image and /tf messages')
     status, values = client.latest_status(), client.latest_diagnostics()
     assert status.name == '/robot/adatoken3d: query engine'
+    # matched from the node's side too (what a user checks when a camera seems silent)
+    assert int(values['publishers.color_image']) >= 1 and int(values['publishers.tf']) >= 1
     assert status.level == status.WARN and 'untrained' in status.message
     assert values['state'] == 'active' and values['gating'] == 'none'
     assert int(values['queries_answered']) >= 1 and 'latency_p50_ms' in values
