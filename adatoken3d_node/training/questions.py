@@ -50,6 +50,12 @@ KINDS = {
     'localisation': ('cell',),
     'location': ('object at a point', 'nothing at a point'),
 }
+FAMILY_OF_KIND = {kind: family for family, kinds in KINDS.items() for kind in kinds}
+
+
+def ask(kind: str, question: str, answer: str) -> QA:
+    """A question of one of the KINDS (a KeyError for any other), in that kind's family."""
+    return QA(FAMILY_OF_KIND[kind], question, answer, kind)
 
 
 def name(obj: SceneObject) -> str:
@@ -105,21 +111,20 @@ def candidates(objects: Sequence[SceneObject], rng: np.random.Generator) -> Dict
 
     for shape, objs in by_shape.items():
         if len(objs) == 1:
-            out['attribute'].append(QA('attribute', f'What color is the {shape}?', objs[0].colour_name, 'colour of a shape'))
-        out['counting'].append(QA('counting', f'How many {plural(shape)} are there?', str(len(objs)), 'count a shape'))
+            out['attribute'].append(ask('colour of a shape', f'What color is the {shape}?', objs[0].colour_name))
+        out['counting'].append(ask('count a shape', f'How many {plural(shape)} are there?', str(len(objs))))
     for colour, objs in by_colour.items():
         if len(objs) == 1:
-            out['attribute'].append(QA('attribute', f'What shape is the {colour} object?', objs[0].shape, 'shape of a colour'))
+            out['attribute'].append(ask('shape of a colour', f'What shape is the {colour} object?', objs[0].shape))
         if objs or rng.random() < 0.15:      # absent colours (count 0) now and then
-            out['counting'].append(QA('counting', f'How many {colour} objects are there?', str(len(objs)),
-                                         'count a colour'))
+            out['counting'].append(ask('count a colour', f'How many {colour} objects are there?', str(len(objs))))
 
     absent = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present]
     for o in objects:
-        out['existence'].append(QA('existence', f'Is there {a(name(o))}?', 'yes', 'present'))
+        out['existence'].append(ask('present', f'Is there {a(name(o))}?', 'yes'))
     for i in rng.permutation(len(absent))[:len(objects)]:
         c, s = absent[i]
-        out['existence'].append(QA('existence', f'Is there {a(f"{c} {s}")}?', 'no', 'absent'))
+        out['existence'].append(ask('absent', f'Is there {a(f"{c} {s}")}?', 'no'))
 
     centres = np.array([o.centre for o in objects])
     for i, o in enumerate(objects):
@@ -128,22 +133,22 @@ def candidates(objects: Sequence[SceneObject], rng: np.random.Generator) -> Dict
             d[i] = np.inf
             first, second = np.argsort(d)[:2]
             if d[second] - d[first] >= CLOSEST_MARGIN_M:
-                out['relation'].append(QA('relation', f'Which object is closest to the {name(o)}?',
-                                          name(objects[first]), 'closest'))
+                out['relation'].append(ask('closest', f'Which object is closest to the {name(o)}?',
+                                           name(objects[first])))
         for j, other in enumerate(objects):
             if j != i and abs(top(o) - top(other)) >= HIGHER_MARGIN_M:
-                out['relation'].append(QA('relation', f'Is the {name(o)} higher than the {name(other)}?',
-                                          'yes' if top(o) > top(other) else 'no', 'higher'))
+                out['relation'].append(ask('higher', f'Is the {name(o)} higher than the {name(other)}?',
+                                           'yes' if top(o) > top(other) else 'no'))
         x, y, _ = o.centre
         if cell_margin(x, y) >= CELL_MARGIN_M:
-            out['localisation'].append(QA('localisation', f'Where is the {name(o)}?', cell(x, y), 'cell'))
+            out['localisation'].append(ask('cell', f'Where is the {name(o)}?', cell(x, y)))
         point = np.asarray(o.centre) + rng.uniform(-0.05, 0.05, 3)
-        out['location'].append(QA('location', f'What is at {fmt_point(point)}?', name(o), 'object at a point'))
+        out['location'].append(ask('object at a point', f'What is at {fmt_point(point)}?', name(o)))
 
     for _ in range(20):   # a few floor points well clear of every object
         p = np.array([*rng.uniform(-AREA_HALF_M, AREA_HALF_M, 2), 0.0])
         if all(np.hypot(*(p[:2] - o.centre[:2])) > o.footprint_radius + NOTHING_CLEARANCE_M for o in objects):
-            out['location'].append(QA('location', f'What is at {fmt_point(p)}?', NOTHING, 'nothing at a point'))
+            out['location'].append(ask('nothing at a point', f'What is at {fmt_point(p)}?', NOTHING))
             if sum(qa.answer == NOTHING for qa in out['location']) >= max(1, len(objects) // 3):
                 break
     return out

@@ -44,7 +44,7 @@ import math
 import pathlib
 import sys
 import time
-from typing import List, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
 import torch
@@ -326,11 +326,24 @@ def validate(model, tokenizer, records: Sequence[SceneRecord], step: int) -> dic
     return {'step': step, **result['dense'].summary()}
 
 
-def probe_summary(recent: Sequence[dict]) -> str:
-    """Mean accuracy of each referent-probe head over recent log rows: 'probe count 0.71 colour 0.98 ...'."""
-    heads = dict.fromkeys(name for r in recent for name in r.get('probe', {}))
-    return 'probe ' + ' '.join(f'{name} {np.mean([r["probe"][name] for r in recent if name in r["probe"]]):.2f}'
-                               for name in heads)
+def mean_by_family(values: Sequence[float], qas: Sequence[questions.QA]) -> Dict[str, float]:
+    """One step's mean of a per-question value (right or not, answer loss) in each family it asked."""
+    return {f: round(float(np.mean([float(v) for v, qa in zip(values, qas) if qa.family == f])), 4)
+            for f in dict.fromkeys(qa.family for qa in qas)}
+
+
+def recent_means(rows: Sequence[dict], field: str) -> Dict[str, float]:
+    """Mean of each entry of row[field] over the log rows that have it."""
+    keys = dict.fromkeys(key for r in rows for key in r.get(field, {}))
+    return {key: float(np.mean([r[field][key] for r in rows if key in r.get(field, {})])) for key in keys}
+
+
+def progress(rows: Sequence[dict], families_field: str, label: str) -> str:
+    """'loss 1.2345  <label> attri 0.98 count 0.71 ...  probe count 0.97 colour 0.98 ...' over recent log rows."""
+    families = recent_means(rows, families_field)
+    return (f'loss {np.mean([r["loss"] for r in rows]):.4f}  {label} '
+            + ' '.join(f'{f[:5]} {families[f]:.2f}' for f in questions.FAMILIES if f in families)
+            + '  probe ' + ' '.join(f'{head} {v:.2f}' for head, v in recent_means(rows, 'probe').items()))
 
 
 def cosine_with_warmup(optimiser, steps: int):
@@ -360,16 +373,12 @@ def symbolic_training(model, prompts: PromptCache, symbolic: SymbolicTokens, pro
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimiser.step()
         schedule.step()
-        families = {f: round(float(np.mean([r for r, qa in zip(right.tolist(), qas) if qa.family == f])), 3)
-                    for f in {qa.family for qa in qas}}
-        log['symbolic'].append({'step': step, 'loss': round(float(loss.detach()), 5), 'right': families,
+        log['symbolic'].append({'step': step, 'loss': round(float(loss.detach()), 5),
+                                'right': mean_by_family(right.tolist(), qas),
                                 'probe': {k: round(v, 3) for k, v in probe.accuracy.items()}})
         if step % 50 == 0:
-            recent = log['symbolic'][-50:]
-            print(f'symbolic step {step:5d}  loss {np.mean([r["loss"] for r in recent]):.4f}  '
-                  f'{time.monotonic() - started:.0f} s  ' + ' '.join(
-                      f'{f[:5]} {np.mean([r["right"][f] for r in recent if f in r["right"]]):.2f}'
-                      for f in questions.FAMILIES) + '  ' + probe_summary(recent), flush=True)
+            print(f'symbolic step {step:5d}  {time.monotonic() - started:.0f} s  '
+                  + progress(log['symbolic'][-50:], 'right', 'right'), flush=True)
 
 
 def main(argv=None) -> int:
@@ -454,17 +463,12 @@ def main(argv=None) -> int:
         torch.nn.utils.clip_grad_norm_([p for _, p in named], 1.0)
         optimiser.step()
         schedule.step()
-        families = {f: round(float(np.mean([float(v) for v, qa in zip(per_question, qas) if qa.family == f])), 4)
-                    for f in {qa.family for qa in qas}}
         log['train'].append({'step': step, 'loss': round(float(loss.detach()), 5), 'tokens': scene.num_tokens,
-                             'families': families, 'probe': {k: round(v, 3) for k, v in probe.accuracy.items()}})
+                             'families': mean_by_family(per_question, qas),   # answer loss
+                             'probe': {k: round(v, 3) for k, v in probe.accuracy.items()}})
         if step % 50 == 0:
-            recent = log['train'][-50:]
-            by_family = {f: np.mean([r['families'][f] for r in recent if f in r['families']])
-                         for f in questions.FAMILIES}
-            print(f'step {step:5d}  loss {np.mean([r["loss"] for r in recent]):.4f}  lr {schedule.get_last_lr()[0]:.2e}  '
-                  f'{time.monotonic() - train_start:.0f} s  ' + ' '.join(f'{f[:5]} {v:.2f}' for f, v in by_family.items())
-                  + '  ' + probe_summary(recent), flush=True)
+            print(f'step {step:5d}  lr {schedule.get_last_lr()[0]:.2e}  {time.monotonic() - train_start:.0f} s  '
+                  + progress(log['train'][-50:], 'families', 'answer loss'), flush=True)
         if (step + 1) % args.val_every == 0 or step + 1 == args.steps:
             val = validate(model, tokenizer, val_records, step + 1)
             log['val'].append(val)
