@@ -73,9 +73,10 @@ def test_budgets_that_dense_misses_are_met_by_pruning_that_grows_as_the_budget_s
     assert all(r.success and r.metrics.spatial_tokens == 1500 for r in dense)
     assert all(r.metrics.spatial_tokens_kept == 1500 and r.metrics.gating == 'none' for r in dense)
     dense_ms = statistics.median(r.metrics.total_ms for r in dense)
-    # 0.7, not lower: with the first cut at layer L/4 the floor (keep 0.1) still costs about 0.6x dense
-    # here, so a tighter budget would test the machine's load more than the controller.
-    budgets = [fraction * dense_ms for fraction in (0.85, 0.7)]
+    # 0.8, not lower: with the first cut at layer L/4 the floor (keep 0.1) plus vision and decoding still
+    # costs about 0.7x dense here (a CI run measured 0.73x at keep 0.22), so a tighter budget would test
+    # the machine's timing noise more than the controller.
+    budgets = [fraction * dense_ms for fraction in (0.9, 0.8)]
     assert all(sum(r.metrics.total_ms > budget_ms for r in dense) >= 2 for budget_ms in budgets)   # dense misses
     # Interleaved, so that a change in the machine's load (the controller's cost model follows it) falls
     # on both budgets alike instead of on whichever ran second.
