@@ -181,6 +181,13 @@ class BagPlayer:
                 raise TimeoutError(f'no subscriber on {missing} after {timeout_s:.0f} s')
             time.sleep(0.01)
 
+    def wait_until_heard(self, client, topics: CameraTopics, timeout_s: float) -> None:
+        """Until every recorded topic is matched both ways with the node `client` (a QueryClient) talks to:
+        this player sees its subscription, and the node's /diagnostics count this player's publisher
+        (what arrives before the node's side has matched is dropped)."""
+        self.wait_for_subscribers(list(self.publishers), timeout_s)
+        client.wait_for_inputs([topics.inputs()[topic] for topic in self.publishers], timeout_s)
+
     def play(self) -> int:
         """Publish every message once, paced by its recorded timestamp; returns the count."""
         from builtin_interfaces.msg import Time

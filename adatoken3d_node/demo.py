@@ -81,9 +81,7 @@ def main(argv=None) -> int:
             return 1
         player = BagPlayer(bag, rate=args.rate, context=client.context)
         try:
-            # matched both ways on every recorded topic: what is sent before is lost
-            player.wait_for_subscribers(list(player.publishers), args.timeout)
-            client.wait_for_inputs([topics.inputs()[topic] for topic in player.publishers], args.timeout)
+            player.wait_until_heard(client, topics, args.timeout)
             print(f'replayed {player.play()} messages at {args.rate}x; node is active: {client.query_service} '
                   f'and {client.ask_action}')
         finally:

@@ -37,9 +37,7 @@ def replay(bag, tiny_model, tmp_path, name, rate=1.0, expect_views=5, question=N
         client.wait_for_node(timeout=TIMEOUT)
         player = BagPlayer(bag, rate=rate, context=client.context)
         try:
-            # every topic, /tf included: a message sent before its subscriber matched is lost
-            player.wait_for_subscribers(list(player.publishers), TIMEOUT)
-            client.wait_for_inputs([TOPICS.inputs()[topic] for topic in player.publishers], TIMEOUT)
+            player.wait_until_heard(client, TOPICS, TIMEOUT)   # every topic, /tf included
             assert player.play() > 0
         finally:
             player.close()
