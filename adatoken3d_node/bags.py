@@ -47,6 +47,11 @@ class CameraTopics:
 
 STORAGE = {'sqlite3': 1, 'mcap': 2}
 
+# Node parameters for a replay that must deliver every recorded frame: reliable sensor subscriptions with a
+# history deeper than a short recording's frames per topic. With the default best-effort sensor QoS (keep
+# last 5) a loaded machine drops frames, as a robot's network would, and the scene misses views.
+LOSSLESS_REPLAY_PARAMETERS = {'sensor_qos_reliability': 'reliable', 'sensor_qos_depth': 20}
+
 
 def _orthonormalise(R: np.ndarray) -> np.ndarray:
     """Nearest rotation (trajectory files carry ~1e-9 non-orthogonality)."""

@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     env = apply_loopback_environment()
 
     # ROS imports after the environment is set
-    from .bags import BagPlayer, CameraTopics, write_rgbd_bag
+    from .bags import LOSSLESS_REPLAY_PARAMETERS, BagPlayer, CameraTopics, write_rgbd_bag
     from .client import NodeProcess, QueryClient
     from .synthetic import make_scene, room_frames
     from .training.dataset import MIN_OBJECT_SIZE_M
@@ -71,7 +71,8 @@ def main(argv=None) -> int:
     print(f'wrote {bag}: {len(frames)} RGB-D views 320x240 with TF, camera walking around the room')
     log = f'{workdir}/node.log'
     print(f'ROS_DOMAIN_ID={env["ROS_DOMAIN_ID"]}, DDS on loopback ({env["FASTDDS_DEFAULT_PROFILES_FILE"]})')
-    launch = [*topics.remap_arguments(), *args.launch_arguments]
+    lossless = [f'{name}:={value}' for name, value in LOSSLESS_REPLAY_PARAMETERS.items()]
+    launch = [*topics.remap_arguments(), *lossless, *args.launch_arguments]
     print(f'starting the node: adatoken3d-bringup {" ".join(launch)}  (log: {log})')
     with NodeProcess(launch, log_path=log) as node, QueryClient() as client:
         try:
@@ -86,8 +87,14 @@ def main(argv=None) -> int:
                   f'and {client.ask_action}')
         finally:
             player.close()
-        client.wait_until(lambda: client.latest_diagnostics().get('scene.views') == str(len(frames)), args.timeout,
-                          'every view in the scene memory')
+        try:
+            client.wait_until(lambda: client.latest_diagnostics().get('scene.views') == str(len(frames)),
+                              args.timeout, 'every view in the scene memory')
+        except TimeoutError as error:   # what the node counted says where the views went
+            counted = {k: v for k, v in client.latest_diagnostics().items()
+                       if k.startswith(('scene.', 'views.', 'problems.', 'sync_dropped.', 'publishers.'))}
+            print(f'{error}\n/diagnostics: {counted}\n--- node log ---\n{node.log()}', file=sys.stderr)
+            return 1
         values = client.latest_diagnostics()
         print(f"scene memory: {values['scene.views']} views, {values['scene.spatial_tokens']} spatial tokens\n")
         ok, right, dense_ms = True, 0, 0.0

@@ -24,7 +24,8 @@ class LaunchArgument:
 
 
 # Parameters that can be overridden straight from the command line.
-PARAMETER_ARGUMENTS = ('model_path', 'vision_tower_path', 'device', 'latency_budget_ms', 'gating')
+PARAMETER_ARGUMENTS = ('model_path', 'vision_tower_path', 'device', 'latency_budget_ms', 'gating',
+                       'sensor_qos_reliability', 'sensor_qos_depth')
 
 LAUNCH_ARGUMENTS: Tuple[LaunchArgument, ...] = (
     LaunchArgument('namespace', '', 'Namespace of the node (e.g. robot1).'),

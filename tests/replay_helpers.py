@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from sensor_msgs.msg import PointCloud2
 
-from adatoken3d_node.bags import BagPlayer, CameraTopics
+from adatoken3d_node.bags import LOSSLESS_REPLAY_PARAMETERS, BagPlayer, CameraTopics
 from adatoken3d_node.client import NodeProcess, QueryClient
 from conftest import write_params
 
@@ -22,10 +22,9 @@ def cloud_array(msg: PointCloud2) -> np.ndarray:
 def replay(bag, tiny_model, tmp_path, name, rate=1.0, expect_views=5, question=None, launch=(), **overrides):
     """Start a node, play the bag into it, return (scene points, scene tokens, node log[, response, seen]).
     tiny_model None: the node's default model. question: one, or a list (then a list of responses)."""
-    # Reliable sensor subscriptions with room to queue: a replay test wants every recorded frame (with the
-    # default best-effort sensor QoS a loaded machine may drop some, as a robot's network would).
+    # A replay test wants every recorded frame: reliable sensor subscriptions with room to queue.
     overrides = {'keyframe_min_translation_m': 0.0, 'keyframe_min_rotation_deg': 0.0, 'tf_timeout_s': 1.0,
-                 'sensor_qos_reliability': 'reliable', 'sensor_qos_depth': 20, **overrides}
+                 **LOSSLESS_REPLAY_PARAMETERS, **overrides}
     params = write_params(tmp_path / f'{name}.yaml', **overrides)
     log = tmp_path / f'{name}.log'
     model = [f'model_path:={tiny_model}'] if tiny_model is not None else []

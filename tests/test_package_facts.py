@@ -68,6 +68,14 @@ def test_launch_arguments_turn_into_the_documented_node_start():
         '-p', 'gating:="none"', '-r', 'color/image_raw:=/cam/color', '--log-level', 'info']
 
 
+def test_a_lossless_replay_is_asked_for_with_launch_arguments_of_the_right_type():
+    from adatoken3d_node.bags import LOSSLESS_REPLAY_PARAMETERS
+    values = launch_args.parse_cli([f'{name}:={value}' for name, value in LOSSLESS_REPLAY_PARAMETERS.items()])
+    assert launch_args.parameter_overrides(values) == {'use_sim_time': False, 'sensor_qos_reliability': 'reliable',
+                                                       'sensor_qos_depth': 20}
+    assert ['-p', 'sensor_qos_depth:=20'] == launch_args.ros_arguments(values)[-4:-2]
+
+
 def test_defaults_override_nothing_and_unknown_arguments_are_named():
     values = launch_args.parse_cli([])
     assert launch_args.parameter_overrides(values) == {'use_sim_time': False}
