@@ -59,6 +59,7 @@ from .stats import LatencyStats
 SENSOR_TYPES = {'color_image': Image, 'color_info': CameraInfo, 'depth_image': Image,
                 'depth_info': CameraInfo, 'points': PointCloud2}
 DRAIN_TIMEOUT_S = 60.0
+REFUSAL_LOG_PERIOD_S = 5.0   # a flood of refused queries logs one line per period, not one per query
 
 
 POINT_FIELD_TYPES = {np.dtype('<f4'): PointField.FLOAT32, np.dtype('<f8'): PointField.FLOAT64,
@@ -328,7 +329,7 @@ class Adatoken3dNode(LifecycleNode):
                                        on_done=lambda outcome: self._finish(outcome, question, future),
                                        on_token=on_token, should_stop=should_stop)
         if error:
-            self.get_logger().warning(f'query refused: {error}', throttle_duration_sec=5.0)
+            self.get_logger().warning(f'query refused: {error}', throttle_duration_sec=REFUSAL_LOG_PERIOD_S)
             self._finish(QueryOutcome(False, error=error), question, future)
         return future
 
