@@ -68,10 +68,13 @@ class LatencyStats:
                 'deadline_hit_rate': float(hits.mean())}
 
 
+PROBLEM_LOG_PERIOD_S = 10.0   # each kind of bad input is logged at most once in this long
+
+
 class ProblemLog:
     """Log each kind of problem at most once per period, counting the rest (no log flood from bad input)."""
 
-    def __init__(self, period_s: float = 10.0):
+    def __init__(self, period_s: float = PROBLEM_LOG_PERIOD_S):
         self.period_s = period_s
         self._last: Dict[str, float] = {}
         self.counts: Dict[str, int] = collections.Counter()

@@ -17,6 +17,7 @@ from tf2_msgs.msg import TFMessage  # noqa: E402
 from adatoken3d_node import parameters  # noqa: E402
 from adatoken3d_node.client import NodeProcess, QueryClient  # noqa: E402
 from adatoken3d_node.node import REFUSAL_LOG_PERIOD_S  # noqa: E402
+from adatoken3d_node.stats import PROBLEM_LOG_PERIOD_S  # noqa: E402
 
 W, H, TIMEOUT = 160, 120, 120.0
 K = [100.0, 0.0, 79.5, 0.0, 100.0, 59.5, 0.0, 0.0, 1.0]
@@ -88,16 +89,18 @@ def bad_messages(stamp, case):
 def test_malformed_messages_are_skipped_logged_once_and_counted(rig):
     client, node, pubs = rig
     stamp = 10**9
+    started = time.monotonic()
     for kind, case, phrase in CASES:
         before = problems(client, kind)
-        for _ in range(3):   # the same problem three times: one log line
+        for _ in range(3):   # the same problem three times: one log line (per PROBLEM_LOG_PERIOD_S)
             stamp += 10**8
             send(pubs, stamp, **bad_messages(stamp, case))
             client.wait_until(lambda: problems(client, kind) > before, TIMEOUT, f'{kind} counted')
             before = problems(client, kind)
         assert phrase in node.log(), (kind, node.log()[-2000:])
-    log = node.log()
-    assert log.count('yuv422') == 1 and log.count('step*height') == 1
+    log, periods = node.log(), 1 + int((time.monotonic() - started) / PROBLEM_LOG_PERIOD_S)
+    lines = min(periods, 2)   # and fewer lines than the three occurrences
+    assert 1 <= log.count('yuv422') <= lines and 1 <= log.count('step*height') <= lines
     assert client.latest_diagnostics()['views_in_memory'] == '0'
     refused = client.query('Still answering?', max_new_tokens=2)   # alive, and says why it cannot answer
     assert not refused.success and 'no usable view of the scene yet' in refused.error

@@ -4,6 +4,8 @@
 * no depth at all, a point cloud from another sensor frame (the LiDAR + camera case);
 * views whose TF never arrives: skipped with one log line per period, never guessed.
 """
+import time
+
 import numpy as np
 import pytest
 import yaml
@@ -17,6 +19,7 @@ from tf2_msgs.msg import TFMessage  # noqa: E402
 from adatoken3d_node import parameters  # noqa: E402
 from adatoken3d_node.client import NodeProcess, QueryClient  # noqa: E402
 from adatoken3d_node.qos import TF_STATIC_QOS  # noqa: E402
+from adatoken3d_node.stats import PROBLEM_LOG_PERIOD_S  # noqa: E402
 
 W, H, F = 160, 120, 100.0
 K = [F, 0.0, (W - 1) / 2, 0.0, F, (H - 1) / 2, 0.0, 0.0, 1.0]
@@ -74,11 +77,13 @@ def test_unregistered_depth_is_reprojected_and_missing_tf_skips_views_with_one_l
 
         # 1. no TF at all: every view is skipped, the reason is logged once (not five times).
         # One frame at a time: a burst could overflow the short pending queue (dropped as stale).
+        started = time.monotonic()
         for i in range(5):
             send(10**9 * (i + 1))
             client.wait_until(lambda: int(client.latest_diagnostics().get('problems.tf', 0)) == i + 1, TIMEOUT,
                               f'view {i + 1} skipped for missing TF')
-        assert node.log().count('view skipped') == 1 and 'cam_depth' in node.log()
+        periods = 1 + int((time.monotonic() - started) / PROBLEM_LOG_PERIOD_S)   # one line per period
+        assert 1 <= node.log().count('view skipped') <= min(periods, 4) and 'cam_depth' in node.log()
         assert client.latest_diagnostics()['views_in_memory'] == '0'
 
         # 2. static TF: map -> colour camera, colour -> depth camera 5 cm to the right
