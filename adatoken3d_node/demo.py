@@ -59,6 +59,7 @@ def main(argv=None) -> int:
     # ROS imports after the environment is set
     from .bags import LOSSLESS_REPLAY_PARAMETERS, BagPlayer, CameraTopics, write_rgbd_bag
     from .client import NodeProcess, QueryClient
+    from .launch_args import format_cli
     from .synthetic import make_scene, room_frames
     from .training.dataset import MIN_OBJECT_SIZE_M
     from .training.evaluate import is_correct
@@ -71,8 +72,7 @@ def main(argv=None) -> int:
     print(f'wrote {bag}: {len(frames)} RGB-D views 320x240 with TF, camera walking around the room')
     log = f'{workdir}/node.log'
     print(f'ROS_DOMAIN_ID={env["ROS_DOMAIN_ID"]}, DDS on loopback ({env["FASTDDS_DEFAULT_PROFILES_FILE"]})')
-    lossless = [f'{name}:={value}' for name, value in LOSSLESS_REPLAY_PARAMETERS.items()]
-    launch = [*topics.remap_arguments(), *lossless, *args.launch_arguments]
+    launch = [*topics.remap_arguments(), *format_cli(LOSSLESS_REPLAY_PARAMETERS), *args.launch_arguments]
     print(f'starting the node: adatoken3d-bringup {" ".join(launch)}  (log: {log})')
     with NodeProcess(launch, log_path=log) as node, QueryClient() as client:
         try:

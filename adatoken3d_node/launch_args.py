@@ -57,6 +57,11 @@ def parse_cli(argv: Sequence[str]) -> Dict[str, str]:
     return values
 
 
+def format_cli(values: Dict[str, object]) -> List[str]:
+    """{name: value} -> `name:=value` arguments (what parse_cli reads)."""
+    return [f'{name}:={value}' for name, value in values.items()]
+
+
 def default_params_file() -> str:
     """The installed package's config/adatoken3d.yaml (source tree's as a fallback)."""
     from .share import shipped

@@ -1,4 +1,6 @@
 """Publishing sensor data into a node under test: stamped headers, TF links, publishers that wait for the node."""
+import time
+
 from geometry_msgs.msg import TransformStamped
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
@@ -9,6 +11,11 @@ from adatoken3d_node import names
 SENSOR_TYPES = {'color_image': Image, 'color_info': CameraInfo, 'depth_image': Image, 'depth_info': CameraInfo,
                 'points': PointCloud2}
 RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+
+
+def throttled_lines(started: float, period_s: float) -> int:
+    """The most lines a message logged once per period_s can have written since time.monotonic() was started."""
+    return 1 + int((time.monotonic() - started) / period_s)
 
 
 def stamped(msg, stamp_ns: int, frame: str):

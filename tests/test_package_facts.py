@@ -70,7 +70,7 @@ def test_launch_arguments_turn_into_the_documented_node_start():
 
 def test_a_lossless_replay_is_asked_for_with_launch_arguments_of_the_right_type():
     from adatoken3d_node.bags import LOSSLESS_REPLAY_PARAMETERS
-    values = launch_args.parse_cli([f'{name}:={value}' for name, value in LOSSLESS_REPLAY_PARAMETERS.items()])
+    values = launch_args.parse_cli(launch_args.format_cli(LOSSLESS_REPLAY_PARAMETERS))
     assert launch_args.parameter_overrides(values) == {'use_sim_time': False, 'sensor_qos_reliability': 'reliable',
                                                        'sensor_qos_depth': 20}
     assert ['-p', 'sensor_qos_depth:=20'] == launch_args.ros_arguments(values)[-4:-2]
