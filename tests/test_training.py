@@ -157,12 +157,45 @@ def test_symbolic_tokens_lie_on_their_objects_and_name_them_with_the_llms_words(
         assert np.array_equal(token_objects(objects, xyz.numpy()), on.numpy())   # inside, or clear of every object
         assert set(on[on >= 0].tolist()) == set(range(len(objects)))
     with torch.no_grad():
-        embedded = tokens(xyz, on, objects, words) - symbolic.POSITION_SCALE * tokens.position(xyz)
+        embedded = tokens(xyz, on, objects, words) - tokens.code(xyz)
     first = int(on[0]) if on[0] >= 0 else int(on.max())
     at = int((on == first).nonzero()[0])
     word = lambda w: words[tokenizer(' ' + w, add_special_tokens=False).input_ids[0]]   # noqa: E731
     assert torch.allclose(embedded[at], word(objects[first].colour_name) + word(objects[first].shape))
     assert torch.allclose(embedded[on < 0], tokens.background.detach().expand(int((on < 0).sum()), -1))
+
+
+def test_symbolic_object_tokens_are_surface_voxels_whose_highest_marks_the_top(record, config):
+    """As in a rendered scene, the highest token of an object tells its top (the mean would not)."""
+    rng = np.random.default_rng(0)
+    for obj in synthetic.make_scene(7, unique=True, min_size_m=0.25):
+        voxels = symbolic.surface_voxels(obj, rng, config.voxel_size)
+        assert 1 <= len(voxels) <= 64                                         # one per occupied 0.2 m voxel
+        assert len(np.unique(np.floor(voxels / config.voxel_size), axis=0)) == len(voxels)
+        distance = signed_distance(voxels, obj)                              # on the surface, or inside a corner
+        assert (distance < symbolic.SURFACE_BAND_M).all() and (distance > -0.15).all()
+        assert voxels[:, 2].min() > 0.0                                      # never the hidden bottom face
+        assert questions.top(obj) - 0.15 < voxels[:, 2].max() <= questions.top(obj) + symbolic.SURFACE_BAND_M
+    # the same relation holds in a rendered scene's tokens: their highest is within a voxel of the top
+    on = token_objects(record.objects, record.geometry(config).tokens.centres.numpy())
+    centres = record.geometry(config).tokens.centres.numpy()
+    for i, obj in enumerate(record.objects):
+        if (on == i).any():
+            assert questions.top(obj) - 0.2 < centres[on == i, 2].max() <= questions.top(obj) + 0.08
+
+
+def test_height_enters_the_position_codes_more_strongly_than_metres_would():
+    model, tokenizer, _ = train.build_model(0)
+    tokens = symbolic.SymbolicTokens(train.LLAMA['hidden_size'], tokenizer)
+    first = tokens.position[0].weight
+    with torch.no_grad():   # the symbolic code: a 10 cm rise moves it as much as an 80 cm step sideways
+        assert torch.allclose(tokens.code(torch.tensor([[0.0, 0.0, 0.1]])),
+                              symbolic.POSITION_SCALE * tokens.position(torch.tensor([[0.0, 0.0, 0.8]])))
+    weight = model.video_pos_emb.position_embedding_head[0].weight   # the spatial tokens' 3D embedding starts so
+    assert weight[:, 2].abs().mean() > 4 * weight[:, :2].abs().mean()
+    weight = model.prompt_pos_emb.position_embedding_head[0].weight  # a location prompt's does not
+    assert weight[:, 2].abs().mean() < 2 * weight[:, :2].abs().mean()
+    assert first[:, 2].abs().mean() < 2 * first[:, :2].abs().mean()    # the gain is in the input, not the init
 
 
 def test_alignment_pulls_rendered_tokens_onto_the_symbolic_ones(record, config):
@@ -235,6 +268,21 @@ def test_the_referent_probe_knows_what_each_naming_token_refers_to():
                        'near_colour': colour('red'), 'near_shape': shape('sphere')}
     assert probe.targets([0, 1], objects) == {**dict.fromkeys(red_box, referents.IGNORE), 'count': 2}
     assert probe.targets([], objects)['count'] == 0
+
+
+def test_the_object_start_probe_marks_the_first_token_of_each_object():
+    on = np.array([-1, 2, 0, 2, -1, 0, 1, 1])
+    assert referents.ObjectStartProbe.starts(on).tolist() == [False, True, True, False, False, False, True, False]
+    probe = referents.ObjectStartProbe(4)
+    hidden = torch.zeros(1, len(on), 4)
+    hidden[0, :, 0] = torch.from_numpy(np.where(referents.ObjectStartProbe.starts(on), 1.0, -1.0))
+    with torch.no_grad():
+        probe.head.weight.copy_(torch.tensor([[20.0, 0, 0, 0]]))
+        probe.head.bias.zero_()
+        assert float(probe.loss(hidden, [on])) < 1e-6 and probe.accuracy == {'start': 1.0}
+        loss = probe.loss(-hidden, [on])   # every token wrong: the 3 starts weigh as much as the 3 others
+        assert float(loss) > 10 and probe.accuracy == {'start': 0.0}
+        assert float(probe.loss(hidden, [np.full(len(on), -1)])) == 0.0 and probe.accuracy == {}
 
 
 def test_every_question_has_a_template_of_its_family_and_training_draws_templates_evenly():

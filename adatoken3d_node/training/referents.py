@@ -13,8 +13,18 @@ token predicts facts about its referents (linear heads, not saved):
     near_colour, near_shape (the object nearest to it)
 
 The second hop (the answer position reading a word a fixed distance back) forms in tens of
-steps once the first carries the answer. This supervises what the hidden states hold, never
-where attention goes: the gate's scores stay the model's own.
+steps once the first carries the answer.
+
+Counting needs objects, not tokens: an object covers from a handful to dozens of spatial tokens.
+ObjectStartProbe gives the spatial tokens themselves a signal: after OBJECT_START_LAYER layers,
+every spatial token on an object says whether it is the first of its object in the sequence (no
+earlier token shows the same object), so that a word can count the objects it names by the
+starts among its tokens. In 1200-step stage-0 runs it also sharpened every other read of the
+scene ("What color is the <shape>?" 84% -> 100%, "What is at <point>?" 48% -> 72%, counting by
+shape 63% -> 70%, the same runs without and with it).
+
+Both supervise what the hidden states hold, never where attention goes: the gate's scores stay
+the model's own.
 """
 from typing import List, Sequence, Tuple
 
@@ -28,6 +38,7 @@ from . import questions
 from .dataset import token_objects
 
 PROBE_LAYER = 2          # the hidden states after this many layers (of 6)
+OBJECT_START_LAYER = 1   # ObjectStartProbe's
 MAX_COUNT = 8
 TOP_BIN_M, TOP_FROM_M, TOP_BINS = 0.05, 0.2, 9
 IGNORE = -100
@@ -107,3 +118,41 @@ class ReferentProbe(nn.Module):
                 total = total + F.cross_entropy(logits, target, ignore_index=IGNORE)
                 self.accuracy[name] = float((logits.detach().argmax(-1) == target)[asked].float().mean())
         return total
+
+
+class ObjectStartProbe(nn.Module):
+    """At every spatial token on an object: is it the first token of that object in the sequence?
+    (A linear head, not saved; see the module docstring.)"""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.head = nn.Linear(hidden, 1)
+        self.accuracy = {}
+
+    @staticmethod
+    def starts(on: np.ndarray) -> np.ndarray:
+        """on (M,) object index of each token in sequence order (-1: floor, wall) -> (M,) bool: the
+        first token of each object."""
+        first = np.zeros(len(on), dtype=bool)
+        objects, index = np.unique(on, return_index=True)
+        first[index[objects >= 0]] = True
+        return first
+
+    def loss(self, hidden: torch.Tensor, on_of: Sequence[np.ndarray]) -> torch.Tensor:
+        """hidden (B, M, D): the states after OBJECT_START_LAYER over each scene's spatial tokens,
+        on_of[b] (M,) their objects -> binary cross-entropy over the tokens on objects, the starts
+        weighing as much as the rest together. self.accuracy['start']: share of tokens right."""
+        total, right, counted = 0.0, 0, 0
+        for states, on in zip(hidden, on_of):
+            on = np.asarray(on)
+            target = torch.from_numpy(self.starts(on)[on >= 0]).float()
+            if not len(target):
+                continue
+            logits = self.head(states[torch.from_numpy(on >= 0)]).squeeze(-1)
+            weight = torch.where(target > 0, (1 - target).sum() / target.sum(), torch.ones_like(target))
+            total = total + (F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction='sum')
+                             / weight.sum())
+            right += int(((logits.detach() > 0).float() == target).sum())
+            counted += len(target)
+        self.accuracy = {'start': right / counted} if counted else {}
+        return total / max(len(on_of), 1) if counted else hidden.sum() * 0.0
