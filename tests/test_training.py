@@ -285,6 +285,42 @@ def test_the_object_start_probe_marks_the_first_token_of_each_object():
         assert float(probe.loss(hidden, [np.full(len(on), -1)])) == 0.0 and probe.accuracy == {}
 
 
+def test_the_count_probe_learns_only_where_a_name_can_mean_several_objects():
+    from adatoken3d_node.model.llava3d import LOCATION_TOKEN_INDEX
+    model, tokenizer, _ = train.build_model(0)
+    prompts = train.PromptCache(model, tokenizer)
+    probes = referents.Probes(train.LLAMA['hidden_size'], tokenizer)
+    objects = [synthetic.SceneObject('box', 'red', synthetic.COLOURS['red'], (-1.5, 1.5, 0.2), (0.4,) * 3),
+               synthetic.SceneObject('box', 'blue', synthetic.COLOURS['blue'], (1.5, 0.0, 0.3), (0.6,) * 3),
+               synthetic.SceneObject('sphere', 'red', synthetic.COLOURS['red'], (-1.0, 0.9, 0.15), (0.3,) * 3)]
+    asked = ['How many boxes are there?', 'How many red objects are there?', 'Is there a red box?',
+             'How many cylinders are there?']
+    names = []
+    for n, question in enumerate(asked):
+        ids, points = prompts.suffix(question)
+        names += [(n, at, named, ids[at]) for at, named in probes.referent.referents(ids, points, objects,
+                                                                                       LOCATION_TOKEN_INDEX)]
+    hidden = torch.zeros(len(asked), 40, train.LLAMA['hidden_size'])
+    chosen = {}
+    for n, at, named, token in names:   # a state per naming word that says its question
+        hidden[n, at, n] = 1.0
+        chosen[n] = len(named)
+    with torch.no_grad():   # a head that reads the question's count off that state
+        probes.count.head.weight.zero_()
+        probes.count.head.bias.zero_()
+        for n, count in chosen.items():
+            probes.count.head.weight[count, n] = 10.0
+        loss = probes.count.loss(hidden, names)
+    assert chosen == {0: 2, 1: 2, 2: 1, 3: 0}
+    assert probes.count.accuracy == {'many': 1.0, 'many2': 1.0} and float(loss) < 1e-3
+    # "red box" names one object and is the referent probe's; the plural and colour words are the count probe's
+    assert [token in probes.count.several_ids for _, _, _, token in names] == [True, True, False, True]
+    with torch.no_grad():
+        probes.count.head.weight[2].zero_()   # counts of two are now wrong: they weigh as much as the rest
+        loss = probes.count.loss(hidden, names)
+    assert probes.count.accuracy == {'many': pytest.approx(1 / 3), 'many2': 0.0} and float(loss) > 1.0
+
+
 def test_every_question_has_a_template_of_its_family_and_training_draws_templates_evenly():
     drawn, offered = {}, {}
     for seed in range(40):
@@ -303,6 +339,28 @@ def test_every_question_has_a_template_of_its_family_and_training_draws_template
     # ... and training draws the two evenly
     assert 0.75 < drawn['colour of a shape'] / drawn['shape of a colour'] < 1.33, drawn
     assert {k for kinds in questions.KINDS.values() for k in kinds} == set(drawn), drawn
+
+
+def test_rare_counts_weigh_more_in_the_answer_loss_and_nothing_else_does():
+    def scene(*shapes):
+        return [synthetic.SceneObject(shape, colour, synthetic.COLOURS[colour], (x, 0.0, 0.2), (0.4,) * 3)
+                for x, (shape, colour) in zip(np.linspace(-1.5, 1.5, len(shapes)), shapes)]
+
+    # nine scenes of a box and a sphere, one of three boxes: a shape count of 1 is asked 18 times, of 3 once
+    scenes = [scene(('box', 'red'), ('sphere', 'blue'))] * 9 + [scene(('box', 'red'), ('box', 'blue'), ('box', 'green'))]
+    weights = questions.count_weights(scenes)
+    assert weights[('count a shape', '1')] == 1.0
+    assert weights[('count a shape', '3')] == pytest.approx(3.0)               # sqrt(18), capped
+    assert weights[('count a shape', '0')] == pytest.approx(np.sqrt(18 / 11))  # no cylinder 10 times, no sphere once
+    qas = [questions.ask('count a shape', 'How many boxes are there?', '3'),
+           questions.ask('count a shape', 'How many boxes are there?', '9'),      # never seen: no weight of its own
+           questions.ask('present', 'Is there a red box?', 'yes')]
+    assert list(questions.question_weights(qas, weights)) == [pytest.approx(3.0), 1.0, 1.0]
+
+    per_token = torch.tensor([[2.0, 0.0], [1.0, 1.0], [1.0, 0.0]])   # (N, T): the first question's one token costs 2
+    counted = torch.tensor([1, 2, 1])
+    assert float(train.weighted_answer_loss(per_token, counted, qas)) == pytest.approx(5.0 / 4)
+    assert float(train.weighted_answer_loss(per_token, counted, qas, weights)) == pytest.approx((6.0 + 2 + 1) / (3 + 2 + 1))
 
 
 def test_the_tokenizer_knows_the_prompt_and_every_scene_word():

@@ -16,7 +16,8 @@ Questions whose answer would hang on a few centimetres (an object on a cell bord
 objects almost as close, two tops almost level) are not asked.
 """
 from dataclasses import dataclass
-from typing import Dict, List, Sequence
+from collections import Counter
+from typing import Dict, Iterable, List, Sequence, Tuple
 
 import numpy as np
 
@@ -51,6 +52,30 @@ KINDS = {
     'location': ('object at a point', 'nothing at a point'),
 }
 FAMILY_OF_KIND = {kind: family for family, kinds in KINDS.items() for kind in kinds}
+
+
+COUNT_WEIGHT_CAP = 3.0   # the most a rare count's question weighs against its kind's commonest count
+
+
+def count_weights(scenes: Iterable[Sequence[SceneObject]], seed: int = 0) -> Dict[Tuple[str, str], float]:
+    """The answer-loss weight of each counting question (kind, answer) over these scenes' candidates:
+    the square root of how much rarer the answer is than its kind's commonest, at most COUNT_WEIGHT_CAP.
+    Most colours name one object and most shapes one or two, so a model that never says more than
+    two is right three times in four (README, "What limited it"); the weights make a count of three
+    as worth learning as a count of one without flattening the prior altogether."""
+    rng = np.random.default_rng(seed)
+    frequency = Counter((qa.kind, qa.answer) for objects in scenes for qa in candidates(objects, rng)['counting'])
+    commonest = Counter()
+    for (kind, _), n in frequency.items():
+        commonest[kind] = max(commonest[kind], n)
+    return {(kind, answer): float(min(COUNT_WEIGHT_CAP, np.sqrt(commonest[kind] / n)))
+            for (kind, answer), n in frequency.items()}
+
+
+def question_weights(qas: Sequence[QA], weights: Dict[Tuple[str, str], float]) -> np.ndarray:
+    """(N,) each question's answer-loss weight: count_weights' for a count, 1 for every other question
+    (and for a count the table never saw)."""
+    return np.array([weights.get((qa.kind, qa.answer), 1.0) if qa.family == 'counting' else 1.0 for qa in qas])
 
 
 def ask(kind: str, question: str, answer: str) -> QA:

@@ -18,8 +18,10 @@ pretraining LLaVA-3D inherits from Vicuna:
      whose spatial tokens are the ideal ones (its own colour and shape word embeddings plus a
      position code), 16 scenes a step, no rendering, questions drawn evenly over families and
      their templates; a referent probe (referents.py) gives the first of the two attention hops
-     every answer needs its own signal, and an object-start probe tells each spatial token whether
-     it is the first of its object (what counting objects rather than tokens needs);
+     every answer needs its own signal, an object-start probe tells each spatial token whether it
+     is the first of its object, and a count probe teaches the words that can name several objects
+     how many they name (counting objects rather than tokens); rarer counts weigh more in the
+     answer loss (questions.count_weights), here and in stage 2;
   1. alignment (--vision-steps): the vision tower, 3D position embedding and projector learn,
      from the renderer's labels, the colour and shape of the object under every CLIP patch
      and every spatial token (linear probes, AuxHeads; not saved), and the spatial tokens move
@@ -27,7 +29,7 @@ pretraining LLaVA-3D inherits from Vicuna:
      decay, like the other stages;
   2. instruction tuning (--steps): the whole model answers every question the scene answers
      (all families), on a random 5-8 of its 8 views; the auxiliary token loss, the alignment and
-     both probes stay on.
+     the probes stay on.
 
 The prompt is the node's: build_inputs' llava_v1 prompt, the answer follows "ASSISTANT:" and
 ends with </s>. The spatial tokens come before the question, so the shared prefix (system
@@ -57,7 +59,7 @@ from . import questions
 from ..synthetic import make_scene
 from .dataset import MIN_OBJECT_SIZE_M, SPLITS, VIEWS_PER_SCENE, SceneRecord, render_split, token_objects
 from .evaluate import evaluate
-from .referents import OBJECT_START_LAYER, PROBE_LAYER, ObjectStartProbe, ReferentProbe
+from .referents import Probes
 from .symbolic import HEIGHT_GAIN, SymbolicTokens, alignment_loss, family_balanced, symbolic_scene
 
 VISION_TOWER_DIR = 'vision_tower'   # the CLIP checkpoint, inside the model directory
@@ -234,35 +236,49 @@ def answer_forward(model, prompts: PromptCache, prefix: torch.Tensor, qas: Seque
 
 
 def scene_loss(model, prompts: PromptCache, scene, qas: Sequence[questions.QA], aux: AuxHeads = None, objects=(),
-               probe: ReferentProbe = None, symbolic: SymbolicTokens = None, starts: ObjectStartProbe = None):
-    """Mean cross-entropy of the answer tokens (and </s>) of every question about one scene (plus
-    AUX_WEIGHT x the auxiliary token loss when aux is given, PROBE_WEIGHT x the referent and
-    object-start probes', ALIGN_WEIGHT x the symbolic alignment's) -> (loss to minimise, (N,)
-    detached mean loss of each question's answer)."""
+               probes: Probes = None, symbolic: SymbolicTokens = None, count_weights: dict = None):
+    """Mean cross-entropy of the answer tokens (and </s>) of every question about one scene, each
+    question weighted by questions.question_weights(qas, count_weights) when given (plus
+    AUX_WEIGHT x the auxiliary token loss when aux is given, PROBE_WEIGHT x the probes' (referents.py),
+    ALIGN_WEIGHT x the symbolic alignment's) -> (loss to minimise, (N,) detached mean loss of each
+    question's answer)."""
     embed = model.language_model.get_input_embeddings()
     spatial = model.mm_projector(model.spatial_features(model.image_features(scene.images), scene))   # (M, D)
     aux_loss = aux.loss(spatial, objects, scene) if aux is not None else 0.0
     align_loss = alignment_loss(spatial, symbolic, objects, scene, embed.weight) if symbolic is not None else 0.0
     prefix = torch.cat([embed(torch.tensor(prompts.prefix_ids)), spatial])[None]                  # (1, Tp, D)
-    out, target, prefix_states = answer_forward(model, prompts, prefix, qas, probe is not None or starts is not None)
+    out, target, prefix_states = answer_forward(model, prompts, prefix, qas, probes is not None)
     logits = out.logits                                                                      # (N, Ts, V)
-    probe_loss = probe.loss(out.hidden_states[PROBE_LAYER], prompts, qas, [objects] * len(qas)) if probe else 0.0
-    if starts is not None:   # the spatial tokens follow the system prompt, in the front end's voxel order
+    probe_loss = 0.0
+    if probes is not None:   # the spatial tokens follow the system prompt, in the front end's voxel order
         on = token_objects(objects, scene.tokens.centres.numpy())
-        probe_loss = probe_loss + starts.loss(prefix_states[OBJECT_START_LAYER][:, len(prompts.prefix_ids):], [on])
+        probe_loss = probes.loss(out.hidden_states, prefix_states, len(prompts.prefix_ids), prompts, qas,
+                                 [objects] * len(qas), [on])
     per_token = F.cross_entropy(logits[:, :-1].transpose(1, 2), target[:, 1:], ignore_index=-100,
                                 reduction='none')                                            # (N, Ts - 1)
     counted = (target[:, 1:] != -100).sum(1)                                                 # (N,)
-    loss = per_token.sum() / counted.sum() + AUX_WEIGHT * aux_loss + PROBE_WEIGHT * probe_loss + ALIGN_WEIGHT * align_loss
+    answer_loss = weighted_answer_loss(per_token, counted, qas, count_weights)
+    loss = answer_loss + AUX_WEIGHT * aux_loss + PROBE_WEIGHT * probe_loss + ALIGN_WEIGHT * align_loss
     return loss, per_token.sum(1).detach() / counted
 
 
+def weighted_answer_loss(per_token: torch.Tensor, counted: torch.Tensor, qas: Sequence[questions.QA],
+                         count_weights: dict = None) -> torch.Tensor:
+    """per_token (N, T): each answer token's cross-entropy (0 where none), counted (N,): answer tokens
+    per question -> their mean, each question's tokens weighted by question_weights (all 1 without
+    count_weights)."""
+    if count_weights is None:
+        return per_token.sum() / counted.sum()
+    weight = torch.tensor(questions.question_weights(qas, count_weights), dtype=per_token.dtype)   # (N,)
+    return (per_token.sum(1) * weight).sum() / (counted * weight).sum()
+
+
 def symbolic_loss(model, prompts: PromptCache, symbolic: SymbolicTokens, seeds: Sequence[int],
-                  rng: np.random.Generator, per_scene: int, probe: ReferentProbe = None, probe_weight: float = 1.0,
-                  starts: ObjectStartProbe = None):
-    """Answer loss over per_scene questions about each of the symbolic scenes make_scene(seed), plus
-    probe_weight x the referent and object-start probes' (referents.py) when given -> (loss, the
-    questions in batch order, (N,) bool: every answer token predicted right)."""
+                  rng: np.random.Generator, per_scene: int, probes: Probes = None, probe_weight: float = 1.0,
+                  count_weights: dict = None):
+    """Answer loss (weighted as scene_loss's) over per_scene questions about each of the symbolic scenes make_scene(seed), plus
+    probe_weight x the probes' (referents.py) when given -> (loss, the questions in batch order, (N,)
+    bool: every answer token predicted right)."""
     embed = model.language_model.get_input_embeddings()
     prefixes, qas, objects_of, on_of = [], [], [], []
     for seed in seeds:
@@ -274,14 +290,14 @@ def symbolic_loss(model, prompts: PromptCache, symbolic: SymbolicTokens, seeds: 
         qas += family_balanced(objects, rng, per_scene)
         objects_of += [objects] * per_scene
     out, target, prefix_states = answer_forward(model, prompts, torch.stack(prefixes), qas,
-                                                probe is not None or starts is not None)     # (B * Q, Ts, V)
+                                                probes is not None)                          # (B * Q, Ts, V)
     logits = out.logits
-    loss = F.cross_entropy(logits[:, :-1].transpose(1, 2), target[:, 1:], ignore_index=-100)
-    if probe is not None:
-        loss = loss + probe_weight * probe.loss(out.hidden_states[PROBE_LAYER], prompts, qas, objects_of)
-    if starts is not None:
-        spatial_states = prefix_states[OBJECT_START_LAYER][:, len(prompts.prefix_ids):]      # (B, S, D)
-        loss = loss + probe_weight * starts.loss(spatial_states, on_of)
+    per_token = F.cross_entropy(logits[:, :-1].transpose(1, 2), target[:, 1:], ignore_index=-100,
+                                reduction='none')                                            # (N, Ts - 1)
+    loss = weighted_answer_loss(per_token, (target[:, 1:] != -100).sum(1), qas, count_weights)
+    if probes is not None:
+        loss = loss + probe_weight * probes.loss(out.hidden_states, prefix_states, len(prompts.prefix_ids),
+                                                 prompts, qas, objects_of, on_of)
     answered = target[:, 1:] != -100
     right = (logits[:, :-1].argmax(-1) == target[:, 1:]) | ~answered
     return loss, qas, right.all(1)
@@ -316,7 +332,7 @@ def plot_curves(log: dict, path: pathlib.Path) -> None:
     ax_loss.plot(steps, losses, color='0.8', lw=0.6, label='per step')
     ax_loss.plot(steps[window - 1:], smooth, color='C0', label=f'mean of {window}')
     ax_loss.set(xlabel='step (one scene, all its questions)', ylabel='loss', yscale='log',
-                title='stage 2 loss (answers + token, alignment and both probes\' losses)')
+                title='stage 2 loss (answers + token, alignment and probe losses)')
     ax_loss.legend()
     for family in questions.FAMILIES:
         ax_acc.plot([r['step'] for r in log['val']], [r['families'][family]['accuracy'] for r in log['val']],
@@ -366,13 +382,13 @@ def cosine_with_warmup(optimiser, steps: int):
         0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))))
 
 
-def symbolic_training(model, prompts: PromptCache, symbolic: SymbolicTokens, probe: ReferentProbe,
-                      starts: ObjectStartProbe, args, log: dict) -> None:
+def symbolic_training(model, prompts: PromptCache, symbolic: SymbolicTokens, probes: Probes, args,
+                      log: dict, count_weights: dict) -> None:
     """Stage 0 (symbolic.py): the LLM, the location-token embedding and the symbolic tokens learn to
     answer about symbolic scenes, SYMBOLIC_SCENES_PER_STEP of them per step (train-split seeds),
-    with the referent and object-start probes."""
+    with the probes (referents.py) and the answers weighted by count_weights."""
     params = [*model.language_model.parameters(), *model.prompt_pos_emb.parameters(), *symbolic.parameters(),
-              *probe.parameters(), *starts.parameters()]
+              *probes.parameters()]
     optimiser = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
     schedule = cosine_with_warmup(optimiser, args.symbolic_steps)
     rng = np.random.default_rng(args.seed + 1)
@@ -381,7 +397,7 @@ def symbolic_training(model, prompts: PromptCache, symbolic: SymbolicTokens, pro
     for step in range(args.symbolic_steps):
         batch = [next(seeds) for _ in range(SYMBOLIC_SCENES_PER_STEP)]
         loss, qas, right = symbolic_loss(model, prompts, symbolic, batch, rng, SYMBOLIC_QUESTIONS_PER_SCENE,
-                                         probe, PROBE_WEIGHT, starts)
+                                         probes, PROBE_WEIGHT, count_weights)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -389,7 +405,7 @@ def symbolic_training(model, prompts: PromptCache, symbolic: SymbolicTokens, pro
         schedule.step()
         log['symbolic'].append({'step': step, 'loss': round(float(loss.detach()), 5),
                                 'right': mean_by_family(right.tolist(), qas),
-                                'probe': {k: round(v, 3) for k, v in {**probe.accuracy, **starts.accuracy}.items()}})
+                                'probe': {k: round(v, 3) for k, v in probes.accuracy.items()}})
         if step % 50 == 0:
             print(f'symbolic step {step:5d}  {time.monotonic() - started:.0f} s  '
                   + progress(log['symbolic'][-50:], 'right', 'right'), flush=True)
@@ -424,24 +440,25 @@ def main(argv=None) -> int:
     model.train()
     prompts = PromptCache(model, tokenizer)
     aux = AuxHeads(LLAMA['hidden_size'], CLIP['hidden_size'])
-    probe = ReferentProbe(LLAMA['hidden_size'], tokenizer)
-    starts = ObjectStartProbe(LLAMA['hidden_size'])
+    probes = Probes(LLAMA['hidden_size'], tokenizer)
     symbolic = SymbolicTokens(LLAMA['hidden_size'], tokenizer)
     params = sum(p.numel() for p in model.parameters())
-    named = [*model.named_parameters(), *aux.named_parameters(prefix='aux'), *probe.named_parameters(prefix='probe'),
-             *starts.named_parameters(prefix='starts')]
+    named = [*model.named_parameters(), *aux.named_parameters(prefix='aux'), *probes.named_parameters(prefix='probes')]
     decay = [p for n, p in named if p.ndim >= 2 and 'embed' not in n]
     no_decay = [p for n, p in named if not (p.ndim >= 2 and 'embed' not in n)]
     optimiser = torch.optim.AdamW([{'params': decay, 'weight_decay': 0.01}, {'params': no_decay, 'weight_decay': 0.0}],
                                   lr=args.lr, betas=(0.9, 0.98))
     schedule = cosine_with_warmup(optimiser, args.steps)
     rng = np.random.default_rng(args.seed)
+    count_weights = questions.count_weights([record.objects for record in train_records], args.seed)
     log = {'args': {k: str(v) for k, v in vars(args).items()}, 'parameters': params, 'symbolic': [], 'vision': [],
-           'train': [], 'val': [], 'render_s': round(render_s, 1)}
+           'train': [], 'val': [], 'render_s': round(render_s, 1),
+           'count_weights': {f'{kind}: {answer}': round(w, 2) for (kind, answer), w in sorted(count_weights.items())}}
     print(f'model: {params / 1e6:.2f} M parameters; {args.steps} steps', flush=True)
+    print('count weights: ' + ', '.join(f'{k} {w}' for k, w in log['count_weights'].items()), flush=True)
 
     train_start = time.monotonic()
-    symbolic_training(model, prompts, symbolic, probe, starts, args, log)
+    symbolic_training(model, prompts, symbolic, probes, args, log, count_weights)
     log['symbolic_s'] = round(time.monotonic() - train_start, 1)
     vision_params = [*model.vision_tower.parameters(), *model.video_pos_emb.parameters(),
                      *model.mm_projector.parameters(), *aux.parameters()]
@@ -473,7 +490,8 @@ def main(argv=None) -> int:
         # A cheaper 32-question family-balanced draw (0.28 s a step instead of 0.43 here) trained with
         # shorter stages 0 and 1 reached 69% on validation instead of 80%.
         qas = [qa for family in questions.candidates(record.objects, rng).values() for qa in family]
-        loss, per_question = scene_loss(model, prompts, scene, qas, aux, record.objects, probe, symbolic, starts)
+        loss, per_question = scene_loss(model, prompts, scene, qas, aux, record.objects, probes, symbolic,
+                                         count_weights)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for _, p in named], 1.0)
@@ -481,7 +499,7 @@ def main(argv=None) -> int:
         schedule.step()
         log['train'].append({'step': step, 'loss': round(float(loss.detach()), 5), 'tokens': scene.num_tokens,
                              'families': mean_by_family(per_question, qas),   # answer loss
-                             'probe': {k: round(v, 3) for k, v in {**probe.accuracy, **starts.accuracy}.items()}})
+                             'probe': {k: round(v, 3) for k, v in probes.accuracy.items()}})
         if step % 50 == 0:
             print(f'step {step:5d}  lr {schedule.get_last_lr()[0]:.2e}  {time.monotonic() - train_start:.0f} s  '
                   + progress(log['train'][-50:], 'families', 'answer loss'), flush=True)
