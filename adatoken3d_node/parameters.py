@@ -49,7 +49,9 @@ PARAMETERS = (
     ParameterSpec('gating', 'none',
                   'Spatial-token gating: none (dense) | auto (the calibrated profile of the loaded checkpoint) | '
                   'schedule:L:r,... (keep r of the spatial tokens from layer L on) | mass:p[@L,...] (keep the '
-                  'fewest holding p of the attention) | fastv:K:r | random:L:r,...'),
+                  'fewest holding p of the attention) | fastv:K:r | random:L:r,...; a scored one (auto, schedule, '
+                  'mass, fastv) followed by ~question is scored by the attention of the question\'s tokens, not '
+                  'only the last token\'s'),
     ParameterSpec('latency_budget_ms', 0.0,
                   'Default per-query latency budget in ms, accept to answer; 0 = no budget. With a budget the node '
                   'chooses the pruning per query (overriding gating) so that the predicted time fits; '

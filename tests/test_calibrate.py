@@ -110,6 +110,7 @@ def test_gating_auto_resolves_to_the_profile_of_the_loaded_checkpoint(tiny, tmp_
     (path / PROFILE_NAME).write_text(json.dumps({'schedule': 'schedule:1:0.5,2:0.25'}))
     try:
         assert resolve_gating('auto', path) == 'schedule:1:0.5,2:0.25'
+        assert resolve_gating('auto~question', path) == 'schedule:1:0.5,2:0.25~question'
     finally:
         (path / PROFILE_NAME).unlink()
 

@@ -179,6 +179,9 @@ def test_parse_gating_syntax_and_round_trip():
         "mass:0.9": GatingPolicy("mass", (8, 16, 24), (), 0.9, 0.05, 1.0),
         "mass:0.8@4,12[min=0.1,max=0.5]": GatingPolicy("mass", (4, 12), (), 0.8, 0.1, 0.5),
         " mass:0.7[max=0.5] ": GatingPolicy("mass", (8, 16, 24), (), 0.7, 0.05, 0.5),
+        "mass:0.7@4[min=0.02]~question": GatingPolicy("mass", (4,), (), 0.7, 0.02, 1.0, "question"),
+        "fastv:2:0.5 ~ question": GatingPolicy("fastv", (2,), (0.5,), raters="question"),
+        "schedule:8:0.5~last": GatingPolicy("schedule", (8,), (0.5,)),
     }
     for text, policy in cases.items():
         parsed = parse_gating(text, 32)
@@ -188,6 +191,8 @@ def test_parse_gating_syntax_and_round_trip():
     assert str(parse_gating("mass:0.9", 32)) == "mass:0.9@8,16,24[min=0.05,max=1.0]"
     assert str(parse_gating("fastv:2:1", 32)) == "fastv:2:1.0"
     assert parse_gating("mass:0.9", 4).layers == (1, 2, 3)
+    assert str(parse_gating("schedule:1:0.3~question", 32)) == "schedule:1:0.3~question"
+    assert str(parse_gating("schedule:1:0.3~last", 32)) == "schedule:1:0.3"   # the default is not written
 
 
 @pytest.mark.parametrize("text, message", [
@@ -208,10 +213,26 @@ def test_parse_gating_syntax_and_round_trip():
     ("mass:1.5", r"score mass p=1\.5 must be in \(0, 1\]"),
     ("mass:0.9[min=0.5,max=0.2]", r"need 0 <= min <= max <= 1"),
     ("mass:0.9[mean=0.5]", r"bad bound 'mean=0\.5'"),
+    ("mass:0.9~everyone", r"unknown raters 'everyone'; expected one of last, question"),
+    ("random:8:0.5~question", r"random does not score tokens, so it takes no ~question"),
+    ("none~question", r"none does not score tokens"),
 ])
 def test_parse_gating_errors(text, message):
     with pytest.raises(ValueError, match=rf"^bad gating {re.escape(repr(text))}: .*{message}"):
         parse_gating(text, 32)
+
+
+def test_question_raters_are_the_rows_after_the_last_spatial_token(gated):
+    x, mask = prompt()
+    policy = parse_gating("schedule:1:0.5,2:0.25~question", 4)
+    assert policy.score_rows(mask) == T_TAIL and parse_gating("schedule:1:0.5", 4).score_rows(mask) == 1
+    r = gated.prefill(x, mask, policy)
+    explicit = gated.prefill(x, mask, parse_gating("schedule:1:0.5,2:0.25", 4), score_queries=T_TAIL)
+    last = gated.prefill(x, mask, parse_gating("schedule:1:0.5,2:0.25", 4))
+    assert all(torch.equal(r.keep_trace[i], explicit.keep_trace[i]) for i in (1, 2))
+    assert r.scoring_flops == explicit.scoring_flops > last.scoring_flops
+    assert any(not torch.equal(r.keep_trace[i], last.keep_trace[i]) for i in (1, 2))   # other rows, other tokens
+    assert r.policy.endswith("~question")
 
 
 def test_policy_checked_at_prefill():

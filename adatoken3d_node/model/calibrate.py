@@ -72,13 +72,15 @@ def profile_candidates(model_path) -> List[pathlib.Path]:
 
 
 def resolve_gating(text: str, model_path) -> str:
-    """The gating text to run: `auto` becomes the calibrated schedule of this checkpoint."""
-    if text != 'auto':
+    """The gating text to run: `auto` becomes the calibrated schedule of this checkpoint (`auto~question`
+    the same scored by the question's tokens, gating.py)."""
+    base, tilde, raters = text.partition('~')
+    if base.strip() != 'auto':
         return text
     places = profile_candidates(model_path)
     for place in places:
         if place.is_file():
-            return json.loads(place.read_text())['schedule']
+            return json.loads(place.read_text())['schedule'] + tilde + raters
     raise ValueError(f'gating auto: no calibrated profile for the checkpoint at {model_path} (id '
                      f'{checkpoint_id(model_path)}); looked in {", ".join(str(p) for p in places)}. Run '
                      f'adatoken3d-calibrate {model_path} --dataset KIND:DIR, or set gating to a schedule')
