@@ -8,6 +8,8 @@ questions of held-out test scenes (seeds the training and validation never saw),
 policy side by side: the same scenes, the same spatial tokens, the same questions, through the
 node's own answer path (SceneAnswerer: gated prefill, greedy decoding). Exact match after
 lower-casing. FLOPs are the prefill's, counted exactly (scoring included), summed over questions.
+Every scored policy but two FastV points also runs with the question's tokens as raters
+(`~question`, gating.py), labelled `<label>_question`.
 
 Writes benchmarks/results/accuracy.json and benchmarks/results/accuracy.png.
 """
@@ -27,6 +29,7 @@ from adatoken3d_node.training.evaluate import evaluate
 from .common import RESULTS, machine, write_results
 
 MASS_P = (0.3, 0.5, 0.7, 0.9)
+QUESTION = '_question'   # label suffix of a policy scored by the question's tokens
 
 
 def policies(num_layers: int, model_path) -> dict:
@@ -46,6 +49,9 @@ def policies(num_layers: int, model_path) -> dict:
     # Two or three spatial tokens left from layer 1 on: what layer 0 alone reads of the scene. Where this
     # scores like dense, no cut at layer 1 or later can tell a good policy from a bad one.
     out['random_k1_min'] = 'random:1:0.005'
+    # The same scored policies with the question's tokens as raters (gating.py, "~question").
+    for label in [label for label in out if label.startswith(('adatoken', 'calibrated', 'mass', 'fastv_k1'))]:
+        out[f'{label}{QUESTION}'] = f'{out[label]}~question'
     return out
 
 
@@ -63,6 +69,8 @@ def plot(results: dict, path: pathlib.Path) -> None:
         for label, row in rows.items():
             kind = next(k for k in kinds if label.startswith(k))
             colour, marker = kinds[kind]
+            if label.endswith(QUESTION):
+                colour = 'C4'
             acc = row['overall'] if panel == 'overall' else row['families'][panel]['accuracy']
             ax.scatter(100 * row['flops_reduction'], 100 * acc, c=colour, marker=marker, s=40)
         ax.axvline(63, color='0.7', ls=':', lw=1)
@@ -73,6 +81,7 @@ def plot(results: dict, path: pathlib.Path) -> None:
              'mass': 'adaptive mass gate, p = 0.3-0.9', 'fastv': 'FastV', 'random': 'random pruning'}
     for kind, (colour, marker) in kinds.items():
         axes.flat[-1].scatter([], [], c=colour, marker=marker, s=40, label=names[kind])
+    axes.flat[-1].scatter([], [], c='C4', marker='D', s=40, label='the same, scored by the question (~question)')
     axes.flat[-1].legend(loc='center', title='policy (dotted line: 63% reduction)')
     for ax in axes[-1]:
         ax.set_xlabel('prefill FLOPs reduction vs dense (%)')
@@ -106,7 +115,7 @@ def main(argv=None) -> int:
         row = {'gating': texts[label], **acc.summary()}
         row['overall_delta_points'] = round(100 * (acc.overall - dense.overall), 2)
         rows[label] = row
-        print(f'{label:18s} {texts[label]:42s} FLOPs -{acc.flops_reduction:6.1%}  overall {acc.overall:6.1%}  ' +
+        print(f'{label:27s} {texts[label]:51s} FLOPs -{acc.flops_reduction:6.1%}  overall {acc.overall:6.1%}  ' +
               '  '.join(f'{f[:5]} {acc.family(f):5.1%}' for f in questions.FAMILIES), flush=True)
     spatial = [record.geometry(config).num_tokens for record in records]
     out = {
