@@ -37,11 +37,14 @@ def budget_schedule_layers(num_layers: int) -> List[int]:
     return sorted({max(1, min(num_layers - 1, x)) for x in (num_layers // 4, num_layers // 2, 3 * num_layers // 4)})
 
 
-def budget_schedule(num_layers: int, keep_ratio: float) -> str:
-    """The schedule family the controller picks from: stage i of k keeps keep_ratio^(i/k)."""
+def budget_schedule(num_layers: int, keep_ratio: float, raters: str = 'last') -> str:
+    """The schedule family the controller picks from: stage i of k keeps keep_ratio^(i/k), the tokens
+    scored by `raters` (gating.RATERS)."""
     layers = budget_schedule_layers(num_layers)
     k = len(layers)
-    return 'schedule:' + ','.join(f'{layer}:{keep_ratio ** ((i + 1) / k):.4f}' for i, layer in enumerate(layers))
+    text = 'schedule:' + ','.join(f'{layer}:{keep_ratio ** ((i + 1) / k):.4f}' for i, layer in enumerate(layers))
+    return text if raters == 'last' else f'{text}~{raters}'
+
 
 
 def tokens_per_layer(num_layers: int, text: int, spatial: int, keep_ratio: float) -> List[int]:
@@ -175,9 +178,11 @@ class BudgetDecision:
 
 
 class BudgetController:
-    def __init__(self, cost: CostModel, min_keep_ratio: float = 0.1):
+    def __init__(self, cost: CostModel, min_keep_ratio: float = 0.1, raters: str = 'last'):
+        """raters: who scores the spatial tokens in the schedules it picks (the node passes its gating's)."""
         self.cost = cost
         self.min_keep_ratio = min_keep_ratio
+        self.raters = raters
 
     def predict(self, keep_ratio: float, text: int, spatial: int, new_tokens: int) -> Tuple[float, float]:
         """(vision + prefill + decode ms, prefill + decode ms) predicted for a query at this keep ratio
@@ -199,7 +204,7 @@ class BudgetController:
             return BudgetDecision(1.0, 'none', total, model, total <= remaining_ms)
         low_total, low_model = self.predict(self.min_keep_ratio, text, spatial, new_tokens)
         if low_total > remaining_ms:
-            return BudgetDecision(self.min_keep_ratio, budget_schedule(L, self.min_keep_ratio), low_total,
+            return BudgetDecision(self.min_keep_ratio, budget_schedule(L, self.min_keep_ratio, self.raters), low_total,
                                   low_model, False)
         lo, hi = self.min_keep_ratio, 1.0        # predicted time grows with the keep ratio: bisect
         for _ in range(20):
@@ -209,7 +214,7 @@ class BudgetController:
             else:
                 hi = mid
         total, model = self.predict(lo, text, spatial, new_tokens)
-        return BudgetDecision(lo, budget_schedule(L, lo), total, model, True)
+        return BudgetDecision(lo, budget_schedule(L, lo, self.raters), total, model, True)
 
 
 def warmup_sweep(answerer, cost: CostModel, max_spatial: int, text_tokens: int = 100, new_tokens: int = 4,

@@ -150,7 +150,7 @@ class Adatoken3dNode(LifecycleNode):
                                      max_interval_s=config['keyframe_max_interval_s'])))
         cost = CostModel(answerer.gated.shape)
         self._pipeline = AnswerPipeline(answerer, self._frontend, policy, config['temperature'], config['top_p'],
-                                        BudgetController(cost, config['budget_min_keep_ratio']))
+                                        BudgetController(cost, config['budget_min_keep_ratio'], policy.raters))
         self._worker = QueryWorker(self._pipeline.answer, capacity=config['queue_size'])
         if config['warmup']:
             self._frontend.warmup()

@@ -17,6 +17,7 @@ from tf2_msgs.msg import TFMessage  # noqa: E402
 from adatoken3d_node import budget, parameters  # noqa: E402
 from adatoken3d_node.client import NodeProcess, QueryClient  # noqa: E402
 from adatoken3d_node.model.flops import LlamaShape  # noqa: E402
+from adatoken3d_node.model.gating import parse_gating  # noqa: E402
 from adatoken3d_node.model.tiny_llava3d import create_tiny_llava3d  # noqa: E402
 
 MEDIUM = dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=8, num_attention_heads=6,
@@ -127,3 +128,8 @@ def test_controller_picks_the_least_pruning_that_fits():
     floor = controller.decide(1.0, 50, 1000, 1)
     assert not floor.fits and floor.keep_ratio == 0.1
     assert floor.policy_text == budget.budget_schedule(8, 0.1) == 'schedule:2:0.4642,4:0.2154,6:0.1000'
+    # with the node's gating scored by the question, so are the schedules the budget picks
+    question = budget.BudgetController(cost, min_keep_ratio=0.1, raters='question')
+    assert question.decide(0.6 * dense_ms, 50, 1000, 1).keep_ratio == tighter.keep_ratio
+    assert question.decide(1.0, 50, 1000, 1).policy_text == 'schedule:2:0.4642,4:0.2154,6:0.1000~question'
+    assert parse_gating(question.decide(0.6 * dense_ms, 50, 1000, 1).policy_text, 8).raters == 'question'

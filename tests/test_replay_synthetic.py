@@ -23,14 +23,16 @@ def scene():
     return objects, orbit_frames(objects, n_views=VIEWS, width=160, height=120, defects=True)
 
 
-@pytest.mark.parametrize('storage, rate', [('sqlite3', 1.0), ('mcap', 3.0)])
-def test_replayed_scene_is_remembered_and_questions_get_true_metrics(scene, tiny_model, tmp_path, storage, rate):
+# the second run scores the spatial tokens by the question's tokens (gating.py, ~question): same cuts
+@pytest.mark.parametrize('storage, rate, gating', [('sqlite3', 1.0, GATING), ('mcap', 3.0, f'{GATING}~question')])
+def test_replayed_scene_is_remembered_and_questions_get_true_metrics(scene, tiny_model, tmp_path, storage, rate,
+                                                                     gating):
     objects, frames = scene
     bag = write_rgbd_bag(tmp_path / f'scene_{storage}', frames, TOPICS, storage=storage)
     x, y, z = (round(float(v), 2) for v in objects[0].centre)
     points, tokens, log, response, seen = replay(bag, tiny_model, tmp_path, f'synthetic_{storage}', rate=rate,
                                            expect_views=VIEWS, question=f"What is at [{x}, {y}, {z}]?",
-                                           launch=[f'gating:={GATING}'])
+                                           launch=[f'gating:={gating}'])
     assert 'view skipped' not in log
     # every patch lies on the floor or on an object: nothing below the floor, nothing above the tallest object
     top = max(o.centre[2] + o.size[2] / 2 for o in objects)
@@ -38,7 +40,7 @@ def test_replayed_scene_is_remembered_and_questions_get_true_metrics(scene, tiny
     assert response.success, response.error
     m = response.metrics
     assert m.num_views == VIEWS and m.spatial_tokens == len(tokens) > 100
-    assert m.spatial_tokens_kept == math.ceil(0.25 * m.spatial_tokens) and m.gating == GATING
+    assert m.spatial_tokens_kept == math.ceil(0.25 * m.spatial_tokens) and m.gating == gating
     assert m.scene_stamp.sec * 10**9 + m.scene_stamp.nanosec == frames[-1].stamp_ns
     config = __import__('json').loads((tiny_model / 'config.json').read_text())
     shape = LlamaShape(config['hidden_size'], config['intermediate_size'], config['num_hidden_layers'],
@@ -51,4 +53,4 @@ def test_replayed_scene_is_remembered_and_questions_get_true_metrics(scene, tiny
     assert seen['answer'].answer == response.answer and seen['answer'].metrics.spatial_tokens_kept == m.spatial_tokens_kept
     values = seen['diagnostics']
     assert values['views_in_memory'] == str(VIEWS) and values['scene.spatial_tokens'] == str(m.spatial_tokens)
-    assert values['gating'] == GATING and int(values['messages.color_image']) == VIEWS
+    assert values['gating'] == gating and int(values['messages.color_image']) == VIEWS
