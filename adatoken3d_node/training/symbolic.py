@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..perception.frontend import FrontEndConfig
+from ..perception.geometry import voxel_pool
 from ..synthetic import COLOUR_NAMES, ROOM_HALF_M, SHAPES, WALL_HEIGHT_M, SceneObject
 from . import questions
 from .dataset import signed_distance, token_objects
@@ -91,13 +92,10 @@ def surface_voxels(obj: SceneObject, rng: np.random.Generator, voxel_size: float
     (K, 3) voxel means."""
     half = np.asarray(obj.size) / 2
     points = np.asarray(obj.centre) + rng.uniform(-1.0, 1.0, (SURFACE_SAMPLES, 3)) * half
-    points = points[(np.abs(signed_distance(points, obj)) < SURFACE_BAND_M)
-                    & (points[:, 2] > obj.centre[2] - half[2] + SURFACE_BAND_M)]
-    _, voxel = np.unique(np.floor(points / voxel_size).astype(np.int64), axis=0, return_inverse=True)
-    voxel = voxel.ravel()
-    sums = np.zeros((voxel.max() + 1, 3))
-    np.add.at(sums, voxel, points)
-    return sums / np.bincount(voxel)[:, None]
+    points = torch.from_numpy(points[(np.abs(signed_distance(points, obj)) < SURFACE_BAND_M)
+                                     & (points[:, 2] > obj.centre[2] - half[2] + SURFACE_BAND_M)])
+    # the front end's own pooling; no feature to average but the points, and no cap (a few dozen voxels)
+    return voxel_pool(points, points, voxel_size, max_tokens=len(points)).centres.numpy()
 
 
 def symbolic_scene(objects: Sequence[SceneObject], rng: np.random.Generator,
