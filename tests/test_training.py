@@ -207,9 +207,9 @@ def test_alignment_pulls_rendered_tokens_onto_the_symbolic_ones(record, config):
     assert (on >= 0).any() and (on < 0).any()
     with torch.no_grad():
         ideal = tokens(scene.tokens.centres.float(), on, record.objects, words)
-    assert float(symbolic.alignment_loss(ideal, tokens, record.objects, scene, words)) < 1e-10
+    assert float(symbolic.alignment_loss(ideal, tokens, scene, on.numpy(), record.objects, words)) < 1e-10
     spatial = model.spatial_embeddings(scene)
-    loss = symbolic.alignment_loss(spatial, tokens, record.objects, scene, words)
+    loss = symbolic.alignment_loss(spatial, tokens, scene, on.numpy(), record.objects, words)
     loss.backward()
     assert float(loss.detach()) > 0.1
     assert tokens.background.grad is None and tokens.position[0].weight.grad is None   # the targets stay fixed

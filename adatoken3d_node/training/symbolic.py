@@ -37,7 +37,7 @@ from ..perception.frontend import FrontEndConfig
 from ..perception.geometry import voxel_pool
 from ..synthetic import COLOUR_NAMES, ROOM_HALF_M, SHAPES, WALL_HEIGHT_M, SceneObject
 from . import questions
-from .dataset import signed_distance, token_objects
+from .dataset import signed_distance
 
 TOKENS_PER_SCENE = 96           # rendered scenes (8 views) have ~520 tokens, 12-36% of them on objects
 MIN_BACKGROUND_TOKENS = 16      # objects' voxels beyond TOKENS_PER_SCENE - this are dropped at random
@@ -141,12 +141,11 @@ def family_balanced(objects: Sequence[SceneObject], rng: np.random.Generator, co
     return out
 
 
-def alignment_loss(spatial: torch.Tensor, symbolic: SymbolicTokens, objects: Sequence[SceneObject], scene,
-                   words: torch.Tensor) -> torch.Tensor:
+def alignment_loss(spatial: torch.Tensor, symbolic: SymbolicTokens, scene, on: np.ndarray,
+                   objects: Sequence[SceneObject], words: torch.Tensor) -> torch.Tensor:
     """Stage 1: a rendered scene's spatial tokens (M, D) regress onto the symbolic tokens of the
-    objects they lie on at their centres (relative squared error; the targets are held fixed)."""
-    centres = scene.tokens.centres.float()
-    on = torch.from_numpy(token_objects(objects, centres.numpy()))
+    objects they lie on (on (M,): dataset.token_objects of the token centres) at their centres
+    (relative squared error; the targets are held fixed)."""
     with torch.no_grad():
-        target = symbolic(centres, on, objects, words)                                    # (M, D)
+        target = symbolic(scene.tokens.centres.float(), torch.from_numpy(on), objects, words)   # (M, D)
     return F.mse_loss(spatial, target) / target.pow(2).mean()

@@ -167,9 +167,9 @@ class AuxHeads(torch.nn.Module):
     def _ce(logits, target, weight):
         return (F.cross_entropy(logits, target, reduction='none') * weight).sum() / weight.sum()
 
-    def loss(self, spatial: torch.Tensor, objects, scene) -> torch.Tensor:
-        """spatial (M, D) -> weighted cross-entropy of both labels over the tokens."""
-        colour, shape, weight = self._targets(token_objects(objects, scene.tokens.centres.numpy()), objects)
+    def loss(self, spatial: torch.Tensor, on: np.ndarray, objects) -> torch.Tensor:
+        """spatial (M, D), on (M,) the object under each token -> weighted cross-entropy of both labels."""
+        colour, shape, weight = self._targets(on, objects)
         return self._ce(self.colour(spatial), colour, weight) + self._ce(self.shape(spatial), shape, weight)
 
     def patch_loss(self, features: torch.Tensor, patch_objects: np.ndarray, objects) -> torch.Tensor:
@@ -187,8 +187,9 @@ def vision_step(model, aux: AuxHeads, symbolic: SymbolicTokens, record, config) 
     features = model.image_features(scene.images)                                   # (V, P, C)
     spatial = model.mm_projector(model.spatial_features(features, scene))            # (M, D)
     words = model.language_model.get_input_embeddings().weight
-    return (aux.patch_loss(features, record.patch_objects(), record.objects) + aux.loss(spatial, record.objects, scene)
-            + ALIGN_WEIGHT * alignment_loss(spatial, symbolic, record.objects, scene, words))
+    on = token_objects(record.objects, scene.tokens.centres.numpy())                 # (M,)
+    return (aux.patch_loss(features, record.patch_objects(), record.objects) + aux.loss(spatial, on, record.objects)
+            + ALIGN_WEIGHT * alignment_loss(spatial, symbolic, scene, on, record.objects, words))
 
 
 def answer_batch(model, prompts: PromptCache, qas: Sequence[questions.QA]):
@@ -244,14 +245,14 @@ def scene_loss(model, prompts: PromptCache, scene, qas: Sequence[questions.QA], 
     question's answer)."""
     embed = model.language_model.get_input_embeddings()
     spatial = model.mm_projector(model.spatial_features(model.image_features(scene.images), scene))   # (M, D)
-    aux_loss = aux.loss(spatial, objects, scene) if aux is not None else 0.0
-    align_loss = alignment_loss(spatial, symbolic, objects, scene, embed.weight) if symbolic is not None else 0.0
+    on = token_objects(objects, scene.tokens.centres.numpy())   # (M,) the object under each spatial token
+    aux_loss = aux.loss(spatial, on, objects) if aux is not None else 0.0
+    align_loss = alignment_loss(spatial, symbolic, scene, on, objects, embed.weight) if symbolic is not None else 0.0
     prefix = torch.cat([embed(torch.tensor(prompts.prefix_ids)), spatial])[None]                  # (1, Tp, D)
     out, target, prefix_states = answer_forward(model, prompts, prefix, qas, probes is not None)
     logits = out.logits                                                                      # (N, Ts, V)
     probe_loss = 0.0
     if probes is not None:   # the spatial tokens follow the system prompt, in the front end's voxel order
-        on = token_objects(objects, scene.tokens.centres.numpy())
         probe_loss = probes.loss(out.hidden_states, prefix_states, len(prompts.prefix_ids), prompts, qas,
                                  [objects] * len(qas), [on])
     per_token = F.cross_entropy(logits[:, :-1].transpose(1, 2), target[:, 1:], ignore_index=-100,
@@ -276,9 +277,9 @@ def weighted_answer_loss(per_token: torch.Tensor, counted: torch.Tensor, qas: Se
 def symbolic_loss(model, prompts: PromptCache, symbolic: SymbolicTokens, seeds: Sequence[int],
                   rng: np.random.Generator, per_scene: int, probes: Probes = None, probe_weight: float = 1.0,
                   count_weights: dict = None):
-    """Answer loss (weighted as scene_loss's) over per_scene questions about each of the symbolic scenes make_scene(seed), plus
-    probe_weight x the probes' (referents.py) when given -> (loss, the questions in batch order, (N,)
-    bool: every answer token predicted right)."""
+    """Answer loss (weighted as scene_loss's) over per_scene questions about each of the symbolic
+    scenes make_scene(seed), plus probe_weight x the probes' (referents.py) when given -> (loss, the
+    questions in batch order, (N,) bool: every answer token predicted right)."""
     embed = model.language_model.get_input_embeddings()
     prefixes, qas, objects_of, on_of = [], [], [], []
     for seed in seeds:
