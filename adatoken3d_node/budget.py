@@ -40,11 +40,11 @@ def budget_schedule_layers(num_layers: int) -> List[int]:
 def budget_schedule(num_layers: int, keep_ratio: float, raters: str = 'last') -> str:
     """The schedule family the controller picks from: stage i of k keeps keep_ratio^(i/k), the tokens
     scored by `raters` (gating.RATERS)."""
+    from .model.gating import with_raters   # imported here, as in warmup_sweep: this module stays torch-free
     layers = budget_schedule_layers(num_layers)
     k = len(layers)
-    text = 'schedule:' + ','.join(f'{layer}:{keep_ratio ** ((i + 1) / k):.4f}' for i, layer in enumerate(layers))
-    return text if raters == 'last' else f'{text}~{raters}'
-
+    return with_raters('schedule:' + ','.join(f'{layer}:{keep_ratio ** ((i + 1) / k):.4f}'
+                                               for i, layer in enumerate(layers)), raters)
 
 
 def tokens_per_layer(num_layers: int, text: int, spatial: int, keep_ratio: float) -> List[int]:

@@ -31,7 +31,9 @@ token (the question and "ASSISTANT:"), the text-guided raters of SparseVLM: a qu
 objects it is about, and by the first cut the words naming them already attend to their tokens,
 where the last token may not yet (the shipped model's 60 test scenes: mass p = 0.7 loses 0.9
 points at 73% fewer FLOPs with ~question, 2.3 points at 65.5% without; README, "Accuracy under
-pruning"). Text and location tokens (spatial_mask False) are always kept; among the spatial columns the top-k
+pruning").
+
+Text and location tokens (spatial_mask False) are always kept; among the spatial columns the top-k
 (k from the policy) survive, in original order. This is the released AdaToken-3D / PyramidDrop rule
 (last prompt token, the pruning layer's own norm, q/k and rotary), computed inside layer l: the k
 projection of layer l is done once for all n tokens, the score uses it, then layer l's attention
@@ -141,7 +143,12 @@ class GatingPolicy:
             text = f"mass:{self.mass!r}@{at}[min={self.min_keep!r},max={self.max_keep!r}]"
         else:
             text = f"{self.kind}:" + ",".join(f"{layer}:{r!r}" for layer, r in zip(self.layers, self.ratios))
-        return text if self.raters == "last" else f"{text}~{self.raters}"
+        return with_raters(text, self.raters)
+
+
+def with_raters(text: str, raters: str) -> str:
+    """A scored policy's text with its raters written the canonical way: nothing for the default."""
+    return text if raters == "last" else f"{text}~{raters}"
 
 
 def parse_gating(text: str, num_layers: int) -> GatingPolicy:
