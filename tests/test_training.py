@@ -286,7 +286,6 @@ def test_the_object_start_probe_marks_the_first_token_of_each_object():
 
 
 def test_the_count_probe_learns_only_where_a_name_can_mean_several_objects():
-    from adatoken3d_node.model.llava3d import LOCATION_TOKEN_INDEX
     model, tokenizer, _ = train.build_model(0)
     prompts = train.PromptCache(model, tokenizer)
     probes = referents.Probes(train.LLAMA['hidden_size'], tokenizer)
@@ -295,11 +294,7 @@ def test_the_count_probe_learns_only_where_a_name_can_mean_several_objects():
                synthetic.SceneObject('sphere', 'red', synthetic.COLOURS['red'], (-1.0, 0.9, 0.15), (0.3,) * 3)]
     asked = ['How many boxes are there?', 'How many red objects are there?', 'Is there a red box?',
              'How many cylinders are there?']
-    names = []
-    for n, question in enumerate(asked):
-        ids, points = prompts.suffix(question)
-        names += [(n, at, named, ids[at]) for at, named in probes.referent.referents(ids, points, objects,
-                                                                                       LOCATION_TOKEN_INDEX)]
+    names = probes.naming_tokens(prompts, asked, [objects] * len(asked))
     hidden = torch.zeros(len(asked), 40, train.LLAMA['hidden_size'])
     chosen = {}
     for n, at, named, token in names:   # a state per naming word that says its question

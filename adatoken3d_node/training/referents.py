@@ -213,18 +213,25 @@ class Probes(nn.Module):
         """Each head's share right in the last loss call (for the training log)."""
         return {**self.referent.accuracy, **self.starts.accuracy, **self.count.accuracy}
 
+    def naming_tokens(self, prompts, asked: Sequence[str], objects_of: Sequence[Sequence[SceneObject]]
+                      ) -> List[Tuple[int, int, List[int], int]]:
+        """(question, position in its suffix, objects named, token id) of every token of the asked
+        questions that names objects (ReferentProbe.referents), objects_of[n] the scene of question n."""
+        from ..model.llava3d import LOCATION_TOKEN_INDEX
+        names = []
+        for n, question in enumerate(asked):
+            ids, points = prompts.suffix(question)
+            names += [(n, at, named, ids[at]) for at, named in
+                      self.referent.referents(ids, points, objects_of[n], LOCATION_TOKEN_INDEX)]
+        return names
+
     def loss(self, suffix_states, prefix_states, spatial_from: int, prompts, qas: Sequence[questions.QA],
              objects_of: Sequence[Sequence[SceneObject]], on_of: Sequence[np.ndarray]) -> torch.Tensor:
         """suffix_states, prefix_states: the LLM's hidden states (tuples, one per layer) over the
         questions (N, Ts, D) and over their B scenes' shared prefixes (B, Tp, D), whose spatial tokens
         start at spatial_from; objects_of[n]: question n's scene, on_of[b]: scene b's spatial tokens'
         objects -> the referent and object-start probes' losses plus COUNT_WEIGHT x the count probe's."""
-        from ..model.llava3d import LOCATION_TOKEN_INDEX
-        names = []
-        for n, qa in enumerate(qas):
-            ids, points = prompts.suffix(qa.question)
-            names += [(n, at, named, ids[at]) for at, named in
-                      self.referent.referents(ids, points, objects_of[n], LOCATION_TOKEN_INDEX)]
+        names = self.naming_tokens(prompts, [qa.question for qa in qas], objects_of)
         return (self.referent.loss(suffix_states[PROBE_LAYER], names, objects_of)
                 + self.starts.loss(prefix_states[OBJECT_START_LAYER][:, spatial_from:], on_of)
                 + COUNT_WEIGHT * self.count.loss(suffix_states[COUNT_LAYER], names))
