@@ -295,11 +295,11 @@ def symbolic_loss(model, prompts: PromptCache, symbolic: SymbolicTokens, seeds: 
     logits = out.logits
     per_token = F.cross_entropy(logits[:, :-1].transpose(1, 2), target[:, 1:], ignore_index=-100,
                                 reduction='none')                                            # (N, Ts - 1)
-    loss = weighted_answer_loss(per_token, (target[:, 1:] != -100).sum(1), qas, count_weights)
+    answered = target[:, 1:] != -100                                                         # (N, Ts - 1)
+    loss = weighted_answer_loss(per_token, answered.sum(1), qas, count_weights)
     if probes is not None:
         loss = loss + probe_weight * probes.loss(out.hidden_states, prefix_states, len(prompts.prefix_ids),
                                                  prompts, qas, objects_of, on_of)
-    answered = target[:, 1:] != -100
     right = (logits[:, :-1].argmax(-1) == target[:, 1:]) | ~answered
     return loss, qas, right.all(1)
 
