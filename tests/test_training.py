@@ -285,6 +285,32 @@ def test_the_object_start_probe_marks_the_first_token_of_each_object():
         assert float(probe.loss(hidden, [np.full(len(on), -1)])) == 0.0 and probe.accuracy == {}
 
 
+def test_the_running_count_probe_counts_the_objects_of_each_shape_started_so_far():
+    box, sphere = synthetic.SHAPES.index('box'), synthetic.SHAPES.index('sphere')
+    objects = [synthetic.SceneObject('box', 'red', synthetic.COLOURS['red'], (-1.5, 1.5, 0.2), (0.4,) * 3),
+               synthetic.SceneObject('sphere', 'red', synthetic.COLOURS['red'], (-1.0, 0.9, 0.15), (0.3,) * 3),
+               synthetic.SceneObject('box', 'blue', synthetic.COLOURS['blue'], (1.5, 0.0, 0.3), (0.6,) * 3)]
+    on = np.array([-1, 2, 0, 2, -1, 1, 0, 1])
+    running = referents.RunningCountProbe.running(on, objects)                               # (8, shapes)
+    assert running[:, box].tolist() == [0, 1, 2, 2, 2, 2, 2, 2]   # a second token of an object adds nothing
+    assert running[:, sphere].tolist() == [0, 0, 0, 0, 0, 1, 1, 1]
+    assert running[:, synthetic.SHAPES.index('cylinder')].tolist() == [0] * 8
+    probe = referents.RunningCountProbe(len(on))
+    hidden = torch.eye(len(on))[None]   # (1, 8, 8): one state per token; a head that reads its counts off it
+    classes = referents.MAX_COUNT + 1
+    with torch.no_grad():
+        probe.head.weight.zero_()
+        probe.head.bias.zero_()
+        for t, counts in enumerate(running):
+            for s, count in enumerate(counts):
+                probe.head.weight[s * classes + int(count), t] = 20.0
+        assert float(probe.loss(hidden, [on], [objects])) < 1e-6
+        assert probe.accuracy == {'running': 1.0, 'running_last': 1.0}
+        probe.head.weight[box * classes + 2, len(on) - 1] = 0.0   # the last token no longer says 2 boxes
+        assert float(probe.loss(hidden, [on], [objects])) > 0.01
+        assert probe.accuracy['running_last'] == pytest.approx(2 / 3)
+
+
 def test_the_count_probe_learns_only_where_a_name_can_mean_several_objects():
     model, tokenizer, _ = train.build_model(0)
     prompts = train.PromptCache(model, tokenizer)

@@ -29,7 +29,15 @@ mostly from "colour shape" names, which always name one object. In 1200-step sta
 raised counts of two from 36% to 83% right (by shape 65% -> 82%, by colour 87% -> 95%), at a cost
 elsewhere ("Is there <absent>?" 98% -> 81%, "What is at <point>?" 68% -> 59%).
 
-All three supervise what the hidden states hold, never where attention goes: the gate's scores
+RunningCountProbe reads, after RUNNING_LAYER layers at every spatial token, how many objects of
+each shape have started (ObjectStartProbe) at or before it. The last spatial token then holds the
+scene's counts, a fixed distance before a question's words, and every token gives the counting
+circuit a label, where CountProbe gets one per question. In two 1200-step stage-0 runs that
+differed only in it (held-out symbolic scenes, 1440 questions), counts by shape of 2 went from 65%
+to 86% right, of 3 from 41% to 71% (4: 19% -> 14%; 5 or more: none either way); at layer 2
+instead of 3 it read the running counts worse (80% of tokens against 94%) and counted alike overall.
+
+All four supervise what the hidden states hold, never where attention goes: the gate's scores
 stay the model's own. Probes holds them and gives training one loss.
 """
 from typing import List, Sequence, Tuple
@@ -47,6 +55,7 @@ PROBE_LAYER = 2          # the hidden states after this many layers (of 6)
 OBJECT_START_LAYER = 1   # ObjectStartProbe's
 COUNT_LAYER = 4          # CountProbe's: after the object starts, with layers to gather them
 COUNT_WEIGHT = 0.3       # CountProbe's loss against the others' (weight 1 cost the other families, see README)
+RUNNING_LAYER = 3        # RunningCountProbe's: after the object starts, before CountProbe reads the words
 MAX_COUNT = 8
 TOP_BIN_M, TOP_FROM_M, TOP_BINS = 0.05, 0.2, 9
 IGNORE = -100
@@ -199,6 +208,42 @@ class CountProbe(nn.Module):
         return F.cross_entropy(logits, target, weight=weight)
 
 
+class RunningCountProbe(nn.Module):
+    """At every spatial token, after RUNNING_LAYER layers: for each shape, how many objects of that
+    shape have started (ObjectStartProbe.starts) at or before it in the sequence (0-MAX_COUNT).
+    (A linear head, not saved; see the module docstring.)"""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.head = nn.Linear(hidden, len(SHAPES) * (MAX_COUNT + 1))
+        self.accuracy = {}
+
+    @staticmethod
+    def running(on: np.ndarray, objects: Sequence[SceneObject]) -> np.ndarray:
+        """on (M,) object of each token in sequence order -> (M, len(SHAPES)) objects of each shape
+        started at or before each token."""
+        starts = ObjectStartProbe.starts(on)
+        shape = np.array([objects[i].shape_index if i >= 0 else -1 for i in on])
+        return np.stack([np.cumsum(starts & (shape == s)) for s in range(len(SHAPES))], axis=1)
+
+    def loss(self, hidden: torch.Tensor, on_of: Sequence[np.ndarray],
+             scene_objects: Sequence[Sequence[SceneObject]]) -> torch.Tensor:
+        """hidden (B, M, D): the states after RUNNING_LAYER over each scene's spatial tokens, on_of[b]
+        (M,) their objects, scene_objects[b] scene b's objects -> cross-entropy of every token's count
+        of every shape. self.accuracy: 'running' (share of counts right), 'running_last' (at the
+        last spatial token: the scene's counts)."""
+        total, right, counted, right_last, last = 0.0, 0, 0, 0, 0
+        for states, on, objects in zip(hidden, on_of, scene_objects):
+            target = torch.from_numpy(np.minimum(self.running(np.asarray(on), objects), MAX_COUNT))   # (M, S)
+            logits = self.head(states).view(len(states), len(SHAPES), MAX_COUNT + 1)
+            total = total + F.cross_entropy(logits.flatten(0, 1), target.flatten())
+            hit = logits.detach().argmax(-1) == target
+            right, counted = right + int(hit.sum()), counted + hit.numel()
+            right_last, last = right_last + int(hit[-1].sum()), last + hit.shape[1]
+        self.accuracy = {'running': right / counted, 'running_last': right_last / last} if counted else {}
+        return total / max(len(on_of), 1)
+
+
 class Probes(nn.Module):
     """Every probe of the language model's hidden states (training only, not saved), one loss."""
 
@@ -207,11 +252,12 @@ class Probes(nn.Module):
         self.referent = ReferentProbe(hidden, tokenizer)
         self.starts = ObjectStartProbe(hidden)
         self.count = CountProbe(hidden, tokenizer)
+        self.running = RunningCountProbe(hidden)
 
     @property
     def accuracy(self) -> dict:
         """Each head's share right in the last loss call (for the training log)."""
-        return {**self.referent.accuracy, **self.starts.accuracy, **self.count.accuracy}
+        return {**self.referent.accuracy, **self.starts.accuracy, **self.count.accuracy, **self.running.accuracy}
 
     def naming_tokens(self, prompts, asked: Sequence[str], objects_of: Sequence[Sequence[SceneObject]]
                       ) -> List[Tuple[int, int, List[int], int]]:
@@ -230,8 +276,11 @@ class Probes(nn.Module):
         """suffix_states, prefix_states: the LLM's hidden states (tuples, one per layer) over the
         questions (N, Ts, D) and over their B scenes' shared prefixes (B, Tp, D), whose spatial tokens
         start at spatial_from; objects_of[n]: question n's scene, on_of[b]: scene b's spatial tokens'
-        objects -> the referent and object-start probes' losses plus COUNT_WEIGHT x the count probe's."""
+        objects -> the running-count, referent and object-start probes' losses plus COUNT_WEIGHT x the
+        count probe's."""
         names = self.naming_tokens(prompts, [qa.question for qa in qas], objects_of)
-        return (self.referent.loss(suffix_states[PROBE_LAYER], names, objects_of)
+        scene_objects = objects_of[::len(qas) // len(on_of)]   # each scene's questions are consecutive
+        return (self.running.loss(prefix_states[RUNNING_LAYER][:, spatial_from:], on_of, scene_objects)
+                + self.referent.loss(suffix_states[PROBE_LAYER], names, objects_of)
                 + self.starts.loss(prefix_states[OBJECT_START_LAYER][:, spatial_from:], on_of)
                 + COUNT_WEIGHT * self.count.loss(suffix_states[COUNT_LAYER], names))

@@ -19,7 +19,8 @@ pretraining LLaVA-3D inherits from Vicuna:
      position code), 16 scenes a step, no rendering, questions drawn evenly over families and
      their templates; a referent probe (referents.py) gives the first of the two attention hops
      every answer needs its own signal, an object-start probe tells each spatial token whether it
-     is the first of its object, and a count probe teaches the words that can name several objects
+     is the first of its object, a running-count probe has it say how many objects of each shape
+     have started up to it, and a count probe teaches the words that can name several objects
      how many they name (counting objects rather than tokens); rarer counts weigh more in the
      answer loss (questions.count_weights), here and in stage 2;
   1. alignment (--vision-steps): the vision tower, 3D position embedding and projector learn,
