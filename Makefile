@@ -5,7 +5,7 @@
 #   make test    set up (first run ~2 min, later runs reuse .venv) and run pytest
 #   make demo    set up and run the main job
 #   make bench   set up and run the benchmarks (writes benchmarks/results/*.json)
-#   make train-tiny  regenerate the synthetic data and retrain the shipped scene model (~32 min on 2 cores),
+#   make train-tiny  regenerate the synthetic data and retrain the shipped scene model (~33 min on 2 cores),
 #                then calibrate its gating profile (models/scene-llava3d-tiny, models/gating_profiles)
 #
 # Every target that starts ROS processes uses the loopback-only Fast DDS profile

@@ -28,7 +28,7 @@ from adatoken3d_node.training.evaluate import evaluate
 
 from .common import RESULTS, machine, write_results
 
-MASS_P = (0.3, 0.5, 0.7, 0.9)
+MASS_P = (0.3, 0.5, 0.7, 0.8, 0.9)
 QUESTION = '_question'   # label suffix of a policy scored by the question's tokens
 
 
