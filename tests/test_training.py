@@ -285,12 +285,17 @@ def test_the_object_start_probe_marks_the_first_token_of_each_object():
         assert float(probe.loss(hidden, [np.full(len(on), -1)])) == 0.0 and probe.accuracy == {}
 
 
+def two_boxes_and_a_sphere():
+    """A red box, a blue box and a red sphere, apart (the count probes' scene)."""
+    return [synthetic.SceneObject('box', 'red', synthetic.COLOURS['red'], (-1.5, 1.5, 0.2), (0.4,) * 3),
+            synthetic.SceneObject('box', 'blue', synthetic.COLOURS['blue'], (1.5, 0.0, 0.3), (0.6,) * 3),
+            synthetic.SceneObject('sphere', 'red', synthetic.COLOURS['red'], (-1.0, 0.9, 0.15), (0.3,) * 3)]
+
+
 def test_the_running_count_probe_counts_the_objects_of_each_shape_started_so_far():
     box, sphere = synthetic.SHAPES.index('box'), synthetic.SHAPES.index('sphere')
-    objects = [synthetic.SceneObject('box', 'red', synthetic.COLOURS['red'], (-1.5, 1.5, 0.2), (0.4,) * 3),
-               synthetic.SceneObject('sphere', 'red', synthetic.COLOURS['red'], (-1.0, 0.9, 0.15), (0.3,) * 3),
-               synthetic.SceneObject('box', 'blue', synthetic.COLOURS['blue'], (1.5, 0.0, 0.3), (0.6,) * 3)]
-    on = np.array([-1, 2, 0, 2, -1, 1, 0, 1])
+    objects = two_boxes_and_a_sphere()
+    on = np.array([-1, 1, 0, 1, -1, 2, 0, 2])
     running = referents.RunningCountProbe.running(on, objects)                               # (8, shapes)
     assert running[:, box].tolist() == [0, 1, 2, 2, 2, 2, 2, 2]   # a second token of an object adds nothing
     assert running[:, sphere].tolist() == [0, 0, 0, 0, 0, 1, 1, 1]
@@ -315,9 +320,7 @@ def test_the_count_probe_learns_only_where_a_name_can_mean_several_objects():
     model, tokenizer, _ = train.build_model(0)
     prompts = train.PromptCache(model, tokenizer)
     probes = referents.Probes(train.LLAMA['hidden_size'], tokenizer)
-    objects = [synthetic.SceneObject('box', 'red', synthetic.COLOURS['red'], (-1.5, 1.5, 0.2), (0.4,) * 3),
-               synthetic.SceneObject('box', 'blue', synthetic.COLOURS['blue'], (1.5, 0.0, 0.3), (0.6,) * 3),
-               synthetic.SceneObject('sphere', 'red', synthetic.COLOURS['red'], (-1.0, 0.9, 0.15), (0.3,) * 3)]
+    objects = two_boxes_and_a_sphere()
     asked = ['How many boxes are there?', 'How many red objects are there?', 'Is there a red box?',
              'How many cylinders are there?']
     names = probes.naming_tokens(prompts, asked, [objects] * len(asked))
