@@ -123,3 +123,27 @@ def test_scene_is_memoised_until_the_memory_changes():
     assert second is not first and second.num_views == 2
     frontend.memory.clear()
     assert frontend.scene().num_views == 0
+
+
+def test_a_noisy_floor_at_z0_is_one_layer_of_tokens():
+    """The usual map frame puts the floor at z = 0: LLaVA-3D's round() grid centres a voxel layer on it,
+    so +-1 mm of depth noise cannot split the floor into two layers (floor() would: half the
+    patches at z < 0, half at z >= 0)."""
+    rng = np.random.default_rng(4)
+    height = 1.5
+    looking_down = np.eye(4)
+    looking_down[:3, :3] = [[1, 0, 0], [0, -1, 0], [0, 0, -1]]  # optical x right, y down, z forward = world -z
+    looking_down[2, 3] = height
+    front = SceneFrontEnd(FrontEndConfig(keyframes=KeyframePolicy(max_views=4)))
+    for i, x in enumerate((0.0, 0.7, 1.4)):
+        pose = looking_down.copy()
+        pose[0, 3] = x
+        depth = (height + rng.uniform(-0.001, 0.001, (480, 640))).astype(np.float32)
+        front.add_view(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8), depth, K, pose, stamp_ns=i * 10 ** 9)
+    scene = front.scene()
+    z = scene.patch_xyz[scene.patch_valid][:, 2]
+    assert (z < 0).sum() > 100 and (z > 0).sum() > 100        # the noise really straddles the plane
+    keys = scene.tokens.keys.numpy()
+    assert (keys[:, 2] == 0).all()                             # one layer
+    assert len(keys) == len(np.unique(keys[:, :2], axis=0))    # one token per floor cell
+    assert np.abs(scene.tokens.centres.numpy()[:, 2]).max() <= 0.001

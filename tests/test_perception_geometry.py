@@ -183,22 +183,22 @@ def test_invalid_patches_are_reported_not_placed_at_camera():
 
 # ---------------------------------------------------------------- voxel pooling
 
-def test_voxel_pool_exact_means_and_floor_keys():
-    # voxel 0.2 m; coordinates are binary fractions so the means are exact.
-    xyz = torch.tensor([[0.0625, 0.125, 0.0],      # key (0, 0, 0)
-                        [0.3125, 0.0625, 0.125],   # key (1, 0, 0)
-                        [0.125, 0.0625, 0.1875],   # key (0, 0, 0)
-                        [0.25, 0.125, 0.0625]])    # key (1, 0, 0)
+def test_voxel_pool_exact_means_and_round_keys():
+    # voxel 0.2 m, keys round(xyz / 0.2); coordinates are binary fractions so the means are exact.
+    xyz = torch.tensor([[0.0625, 0.0625, 0.0],      # key (0, 0, 0)
+                        [0.25, 0.0625, -0.0625],    # key (1, 0, 0)
+                        [-0.0625, 0.0, 0.0625],     # key (0, 0, 0)
+                        [0.1875, -0.0625, 0.0]])    # key (1, 0, 0)
     feats = torch.tensor([[1.0, 10.0], [5.0, -2.0], [3.0, 20.0], [6.0, 4.0]])
     vt = voxel_pool(feats, xyz)
     assert vt.keys.dtype == torch.int64 and vt.num_voxels_before_cap == 2
     assert vt.keys.tolist() == [[0, 0, 0], [1, 0, 0]]
     assert torch.equal(vt.features, torch.tensor([[2.0, 15.0], [5.5, 1.0]]))
-    assert torch.equal(vt.centres, torch.tensor([[0.09375, 0.09375, 0.09375], [0.28125, 0.09375, 0.09375]]))
+    assert torch.equal(vt.centres, torch.tensor([[0.0, 0.03125, 0.03125], [0.21875, 0.0, -0.03125]]))
     assert vt.counts.tolist() == [2, 2] and vt.patch_to_voxel.tolist() == [0, 1, 0, 1]
-    # floor, not LLaVA-3D's round: -0.05 m is voxel -1, 0.15 m is voxel 0.
+    # round as LLaVA-3D, not floor: -0.05 m is voxel 0 (floor: -1), 0.15 m is voxel 1 (floor: 0).
     vt = voxel_pool(torch.zeros(2, 1), torch.tensor([[-0.05, 0.15, 0.0], [0.0, 0.0, 0.0]]))
-    assert vt.keys.tolist() == [[-1, 0, 0], [0, 0, 0]]
+    assert vt.keys.tolist() == [[0, 0, 0], [0, 1, 0]]
     # Reduced precision features are summed in float32 and handed back in their own dtype.
     vt = voxel_pool(feats.bfloat16(), xyz)
     assert vt.features.dtype == torch.bfloat16
@@ -212,7 +212,7 @@ def test_voxel_order_is_lexicographic_and_input_order_free():
     vt = voxel_pool(feats, xyz)
     keys = [tuple(k) for k in vt.keys.tolist()]
     assert keys == sorted(keys) and len(set(keys)) == len(keys)
-    assert torch.equal(vt.keys[vt.patch_to_voxel], torch.floor(xyz.double() / 0.2).long())
+    assert torch.equal(vt.keys[vt.patch_to_voxel], torch.round(xyz.double() / 0.2).long())
     assert int(vt.counts.sum()) == 500
     perm = torch.randperm(500, generator=g)
     vp = voxel_pool(feats[perm], xyz[perm])
@@ -244,7 +244,7 @@ def test_cap_is_deterministic_and_consistent():
     old_to_new[kept] = torch.arange(1000)
     assert torch.equal(a.patch_to_voxel, old_to_new[full.patch_to_voxel])
     hit = a.patch_to_voxel >= 0
-    assert torch.equal(a.keys[a.patch_to_voxel[hit]], torch.floor(xyz[hit].double() / 0.2).long())
+    assert torch.equal(a.keys[a.patch_to_voxel[hit]], torch.round(xyz[hit].double() / 0.2).long())
     assert int(a.counts.sum()) == int(hit.sum()) < 20000
     # Seed voxel (most patches, first in key order on ties) is always kept.
     assert full.keys[int(torch.argmax(full.counts))].tolist() in a.keys.tolist()

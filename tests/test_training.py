@@ -171,7 +171,7 @@ def test_symbolic_object_tokens_are_surface_voxels_whose_highest_marks_the_top(r
     for obj in synthetic.make_scene(7, unique=True, min_size_m=0.25):
         voxels = symbolic.surface_voxels(obj, rng, config.voxel_size)
         assert 1 <= len(voxels) <= 64                                         # one per occupied 0.2 m voxel
-        assert len(np.unique(np.floor(voxels / config.voxel_size), axis=0)) == len(voxels)
+        assert len(np.unique(np.round(voxels / config.voxel_size), axis=0)) == len(voxels)
         distance = signed_distance(voxels, obj)                              # on the surface, or inside a corner
         assert (distance < symbolic.SURFACE_BAND_M).all() and (distance > -0.15).all()
         assert voxels[:, 2].min() > 0.0                                      # never the hidden bottom face

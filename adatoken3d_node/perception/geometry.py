@@ -15,8 +15,8 @@ Where this deliberately differs from LLaVA-3D as released (DESIGN.md section 2):
 - patches without depth are reported invalid instead of landing at the camera centre;
 - `median` patch positions are available as a depth-noise-robust alternative to the
   single top-left pixel;
-- voxel keys use floor, not round; the token cap is farthest-point sampling, not an
-  unseeded random permutation.
+- the token cap is farthest-point sampling, not an unseeded random permutation.
+Voxel keys are LLaVA-3D's, round(xyz / voxel_size): the checkpoint was trained on that grid.
 """
 import math
 from dataclasses import dataclass
@@ -125,7 +125,7 @@ def patch_xyz(xyz: np.ndarray, valid: np.ndarray, grid: int = 24, mode: str = 'n
 class VoxelTokens:
     features: torch.Tensor        # (M, C) mean feature per kept voxel, dtype of the input features
     centres: torch.Tensor         # (M, 3) mean xyz of the voxel's patches, metres, fixed frame
-    keys: torch.Tensor            # (M, 3) int64 voxel index floor(xyz / voxel_size), lexicographic order
+    keys: torch.Tensor            # (M, 3) int64 voxel index round(xyz / voxel_size), lexicographic order
     patch_to_voxel: torch.Tensor  # (N,) int64 token index of each input patch, -1 if its voxel was capped away
     counts: torch.Tensor          # (M,) int64 patches per kept voxel
     num_voxels_before_cap: int
@@ -135,8 +135,8 @@ def voxel_pool(features: torch.Tensor, xyz: torch.Tensor, voxel_size: float = 0.
                max_tokens: int = 2560) -> VoxelTokens:
     """Average patch features per voxel. features (N, C), xyz (N, 3) of the *valid* patches of all views.
 
-    Keys: floor(xyz / voxel_size), so voxel k spans [k * voxel_size, (k + 1) * voxel_size) on every
-        axis (LLaVA-3D rounds, which centres a voxel on the origin; floor is the usual grid).
+    Keys: round(xyz / voxel_size) as LLaVA-3D, so voxel k is centred on k * voxel_size: a floor at
+        z = 0 sits in the middle of one layer of voxels, where floor() would split it by its noise.
     Centres: mean xyz of the member patches rather than the grid cell centre, so a token sits on
         the surface it saw (the cell centre is (keys + 0.5) * voxel_size if wanted).
     Order: lexicographic by key (x, then y, then z), independent of view and patch order.
@@ -152,7 +152,7 @@ def voxel_pool(features: torch.Tensor, xyz: torch.Tensor, voxel_size: float = 0.
     if voxel_size <= 0 or max_tokens < 1:
         raise ValueError(f'voxel_size {voxel_size} and max_tokens {max_tokens} must be positive')
 
-    keys = torch.floor(xyz.double() / voxel_size).long()  # (N, 3); float64 so 0.2 m steps land where expected
+    keys = torch.round(xyz.double() / voxel_size).long()  # (N, 3); float64 so 0.2 m steps land where expected
     keys, inv, counts = torch.unique(keys, dim=0, sorted=True, return_inverse=True, return_counts=True)
     M = keys.shape[0]
     # Sums in at least float32 (bf16 features would lose the mean), then back to the input dtype.

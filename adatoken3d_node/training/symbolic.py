@@ -88,7 +88,7 @@ class SymbolicTokens(nn.Module):
 
 def surface_voxels(obj: SceneObject, rng: np.random.Generator, voxel_size: float) -> np.ndarray:
     """Where a rendered scene's spatial tokens on obj would be: points on its surface but the bottom
-    face, averaged per voxel like the front end's voxel pooling (keys floor(xyz / voxel_size)) ->
+    face, averaged per voxel like the front end's voxel pooling (keys round(xyz / voxel_size)) ->
     (K, 3) voxel means."""
     half = np.asarray(obj.size) / 2
     points = np.asarray(obj.centre) + rng.uniform(-1.0, 1.0, (SURFACE_SAMPLES, 3)) * half
