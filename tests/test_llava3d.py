@@ -20,6 +20,7 @@ from adatoken3d_node.model.loader import Llava3DLoadError, load_llava3d, to_ours
 from adatoken3d_node.model.prompt import SYSTEM, build_prompt
 from adatoken3d_node.perception.frontend import SceneGeometry
 from adatoken3d_node.perception.geometry import voxel_pool
+from conftest import REPO
 
 SHARDS = tiny_llava3d.SHARDS
 HUB_CLIP = "openai/clip-vit-large-patch14-336"
@@ -133,6 +134,30 @@ def test_tiny_checkpoint_has_the_released_layout(tiny3d):
         assert all(k.startswith("vision_model.") for k in f.keys())  # like openai/clip-vit-large-patch14-336
     pre = json.loads((clip / "preprocessor_config.json").read_text())
     assert pre["crop_size"] == {"height": 336, "width": 336} and pre["image_mean"][0] == pytest.approx(0.48145466)
+
+
+# Every key of LLaVA-3D's released config.json: what transformers 4.37's LlamaConfig saves, and what
+# LLaVA-3D's training script (llava/train/train.py) and initialize_vision_modules write into it.
+RELEASED_CONFIG_KEYS = {
+    "_name_or_path", "architectures", "model_type", "transformers_version", "torch_dtype", "use_cache",
+    "attention_bias", "attention_dropout", "bos_token_id", "eos_token_id", "pad_token_id", "hidden_act",
+    "hidden_size", "initializer_range", "intermediate_size", "max_position_embeddings", "num_attention_heads",
+    "num_hidden_layers", "num_key_value_heads", "pretraining_tp", "rms_norm_eps", "rope_scaling", "rope_theta",
+    "tie_word_embeddings", "vocab_size",
+    "freeze_mm_mlp_adapter", "image_aspect_ratio", "mm_hidden_size", "mm_patch_merge_type", "mm_projector_lr",
+    "mm_projector_type", "mm_use_im_patch_token", "mm_use_im_start_end", "mm_video_tower",
+    "mm_vision_select_feature", "mm_vision_select_layer", "mm_vision_tower", "num_frames", "num_sample_tokens",
+    "tokenizer_model_max_length", "tokenizer_padding_side", "tune_mm_mlp_adapter", "use_mm_proj",
+}
+
+
+def test_tiny_config_has_every_released_key(tiny3d):
+    cfg = json.loads((tiny3d[0] / "config.json").read_text())
+    assert set(cfg) == RELEASED_CONFIG_KEYS
+    assert (cfg["num_sample_tokens"], cfg["transformers_version"], cfg["mm_projector_lr"]) == (1152, "4.37.2", None)
+    parity = REPO.parent / "shared" / "parity" / "checkpoint" / "config.json"
+    if parity.is_file():   # the config the official implementation ran on holds nothing more
+        assert set(json.loads(parity.read_text())) <= set(cfg)
 
 
 def test_same_seed_same_bytes_cli_and_ensure_idempotent(tiny3d, tmp_path, capsys):

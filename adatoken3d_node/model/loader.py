@@ -11,6 +11,7 @@ what from_pretrained quietly does with a missing weight. Pickled weights (.bin) 
 allow_pickle is set and no safetensors exist.
 """
 
+import importlib
 import json
 import pathlib
 from dataclasses import dataclass
@@ -35,6 +36,10 @@ IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PICKLE_INDEX = "pytorch_model.bin.index.json"
 HUB_HINT = "huggingface-cli download {name} --local-dir DIR"
+SENTENCEPIECE_MODEL = "tokenizer.model"
+SPIECE_SPACE = "\u2581"  # SentencePiece's visible space
+# What transformers needs to read a tokenizer.model: pip package -> module.
+SENTENCEPIECE_MODULES = {"sentencepiece": "sentencepiece", "protobuf": "google.protobuf"}
 
 
 class Llava3DLoadError(ModelLoadError):
@@ -277,6 +282,74 @@ def _check_weights(weights: _Weights, expected: dict, optional: set, path: pathl
         )
 
 
+def _missing_modules(modules: dict) -> list:
+    """{pip package: module} -> the packages whose module cannot be imported."""
+    missing = []
+    for package, module in modules.items():
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(package)
+    return missing
+
+
+def load_tokenizer(path: pathlib.Path, config: Llava3DConfig):
+    """The checkpoint's tokenizer, encoding text as LLaVA-3D's own code does.
+
+    LLaVA-3D loads LLaMA tokenizers with use_fast=False, i.e. tokenizer.model through SentencePiece,
+    which puts its dummy prefix "▁" before every text chunk, even one that starts with a space
+    (" standing on?" after a location token). transformers 5 converts tokenizer.model to a
+    tokenizers pipeline that skips the prefix there; where tokenizer.model exists, the prefix is
+    made SentencePiece's again (as transformers 4's legacy fast LLaMA tokenizer did).
+    """
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise Llava3DLoadError(
+            f"{path} has no tokenizer ({' or '.join(TOKENIZER_FILES)}); copy the tokenizer files that belong to this checkpoint"
+        )
+    sentencepiece_model = path / SENTENCEPIECE_MODEL
+    if sentencepiece_model.is_file() and not (path / "tokenizer.json").is_file():
+        # transformers would fail later with a message about tiktoken; name what is really missing.
+        missing = _missing_modules(SENTENCEPIECE_MODULES)
+        if missing:
+            raise Llava3DLoadError(
+                f"{path} has only a SentencePiece tokenizer ({SENTENCEPIECE_MODEL}, no tokenizer.json), and reading "
+                f"it needs the Python package(s) {' and '.join(missing)}, which are not installed: "
+                f"pip install -c requirements/constraints.txt {' '.join(missing)}"
+            )
+    from transformers import AutoTokenizer
+
+    try:
+        # config=: otherwise AutoTokenizer re-reads config.json, whose model_type (llava_llama) it does
+        # not know; LLaMA's is the right fallback when tokenizer_config.json names no class.
+        tokenizer = AutoTokenizer.from_pretrained(path, config=config.text_config, local_files_only=True)
+    except Exception as e:
+        raise Llava3DLoadError(f"cannot load the tokenizer from {path}: {type(e).__name__}: {e}") from e
+    if sentencepiece_model.is_file():
+        _use_sentencepiece_prefix(tokenizer, sentencepiece_model)
+    return tokenizer
+
+
+def _use_sentencepiece_prefix(tokenizer, model_file: pathlib.Path) -> None:
+    """Give a converted SentencePiece tokenizer SentencePiece's own prefix rule: "▁" before every
+    encoded text when the model's add_dummy_prefix is set (its default), spaces as "▁"."""
+    from tokenizers import normalizers, pre_tokenizers
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not isinstance(backend.pre_tokenizer, pre_tokenizers.Metaspace):
+        return  # not a Metaspace (SentencePiece-style) pipeline: it was built from tokenizer.json as it is
+    try:
+        from sentencepiece import sentencepiece_model_pb2
+
+        proto = sentencepiece_model_pb2.ModelProto()
+        proto.ParseFromString(model_file.read_bytes())
+        dummy_prefix = proto.normalizer_spec.add_dummy_prefix
+    except Exception as e:
+        raise Llava3DLoadError(f"cannot read {model_file} as a SentencePiece model: {type(e).__name__}: {e}") from e
+    steps = [normalizers.Prepend(SPIECE_SPACE)] if dummy_prefix else []
+    backend.normalizer = normalizers.Sequence([*steps, normalizers.Replace(" ", SPIECE_SPACE)])
+    backend.pre_tokenizer = None
+
+
 def load_llava3d(path, vision_tower_path=None, device: str = "auto", dtype: str = "auto",
                  allow_pickle: bool = False):
     """Load a local LLaVA-3D checkpoint -> (Llava3D in eval mode without grads, tokenizer, Llava3DConfig).
@@ -309,19 +382,10 @@ def load_llava3d(path, vision_tower_path=None, device: str = "auto", dtype: str 
         raise Llava3DLoadError(f"{config_file}: {e}") from e
 
     # ---- tokenizer (cheap, and a wrong one explains a vocab mismatch better than weight shapes do)
-    if not any((path / name).is_file() for name in TOKENIZER_FILES):
-        raise Llava3DLoadError(
-            f"{path} has no tokenizer ({' or '.join(TOKENIZER_FILES)}); copy the tokenizer files that belong to this checkpoint"
-        )
-    from transformers import AutoTokenizer, CLIPVisionModel, GenerationConfig
+    tokenizer = load_tokenizer(path, config)
+    from transformers import CLIPVisionModel, GenerationConfig
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
-    try:
-        # config=: otherwise AutoTokenizer re-reads config.json, whose model_type (llava_llama) it does
-        # not know; LLaMA's is the right fallback when tokenizer_config.json names no class.
-        tokenizer = AutoTokenizer.from_pretrained(path, config=config.text_config, local_files_only=True)
-    except Exception as e:
-        raise Llava3DLoadError(f"cannot load the tokenizer from {path}: {type(e).__name__}: {e}") from e
     vocab = config.text_config.vocab_size
     if len(tokenizer) > vocab:
         raise Llava3DLoadError(
@@ -375,4 +439,4 @@ def load_llava3d(path, vision_tower_path=None, device: str = "auto", dtype: str 
     return model, tokenizer, config
 
 
-__all__ = ["Llava3DLoadError", "NAME_MAP", "load_llava3d", "to_ours", "to_released"]
+__all__ = ["Llava3DLoadError", "NAME_MAP", "load_llava3d", "load_tokenizer", "to_ours", "to_released"]

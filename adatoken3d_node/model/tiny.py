@@ -6,6 +6,8 @@ and the node run end to end without downloading anything:
     build_tokenizer()                 byte-level BPE (VOCAB_SIZE tokens, SPECIAL_TOKENS first) trained on
                                       CORPUS; encodes any text without unknowns; deterministic
     _make_tokenizer_files_portable()  saved tokenizer files loadable by transformers 4.x and 5.x
+    write_sentencepiece_tokenizer()   a LLaMA-style SentencePiece tokenizer as Vicuna-based checkpoints
+                                      ship it: tokenizer.model and its configs, no tokenizer.json
     default_tiny_dir()                the cache directory set-up writes the tiny models next to
     MARKER                            adatoken3d_tiny.json, which marks a checkpoint as untrained
 """
@@ -116,6 +118,37 @@ def _make_tokenizer_files_portable(out: pathlib.Path, tokenizer) -> None:
         "pad_token": tokenizer.pad_token,
     }
     (out / "special_tokens_map.json").write_text(json.dumps(special, indent=2, sort_keys=True) + "\n")
+
+
+def write_sentencepiece_tokenizer(out_dir, extra_corpus=()):
+    """Train a SentencePiece BPE model with LLaMA's settings on CORPUS (+ extra_corpus) and write it
+    as LLaVA checkpoints built on Vicuna ship their tokenizer: tokenizer.model, tokenizer_config.json
+    (LlamaTokenizer, legacy false) and special_tokens_map.json (pad = unk, as LLaVA saves it), no
+    tokenizer.json. Returns the files' directory. Deterministic (one thread)."""
+    import io
+
+    import sentencepiece
+
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter([*CORPUS, *extra_corpus]), model_writer=model, vocab_size=VOCAB_SIZE,
+        # LLaMA's tokenizer.model: BPE, bytes for unknown characters, digits apart, a dummy prefix,
+        # no normalisation and no whitespace folding; ids <unk> 0, <s> 1, </s> 2, no pad piece.
+        model_type="bpe", byte_fallback=True, split_digits=True, add_dummy_prefix=True,
+        remove_extra_whitespaces=False, normalization_rule_name="identity", character_coverage=1.0,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, num_threads=1, minloglevel=2,
+    )
+    (out / "tokenizer.model").write_bytes(model.getvalue())
+    (out / "tokenizer.json").unlink(missing_ok=True)
+    config = {"add_bos_token": True, "add_eos_token": False, "bos_token": "<s>", "clean_up_tokenization_spaces": False,
+              "eos_token": "</s>", "legacy": False, "model_max_length": 2048, "pad_token": None,
+              "padding_side": "right", "sp_model_kwargs": {}, "tokenizer_class": "LlamaTokenizer", "unk_token": "<unk>"}
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    special = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<unk>", "unk_token": "<unk>"}
+    (out / "special_tokens_map.json").write_text(json.dumps(special, indent=2, sort_keys=True) + "\n")
+    return out
 
 
 def default_tiny_dir() -> pathlib.Path:

@@ -12,7 +12,10 @@ without downloading anything. The files are what the released checkpoint has:
                model.safetensors (vision_model.* names, like openai/clip-vit-large-patch14-336),
                preprocessor_config.json (CLIP mean/std, crop 336), adatoken3d_tiny.json
 
-    adatoken3d-make-tiny-llava3d [OUT_DIR] [--clip-dir D] [--seed N] [--force]
+    adatoken3d-make-tiny-llava3d [OUT_DIR] [--clip-dir D] [--seed N] [--tokenizer bpe|sentencepiece] [--force]
+
+--tokenizer sentencepiece writes tokenizer.model (SentencePiece, LLaMA's settings) and no tokenizer.json,
+as LLaVA checkpoints built on Vicuna ship it; the default is a byte-level BPE tokenizer.json.
 
 Same seed => byte-identical files (config.json differs only by where CLIP_DIR is). Its answers are noise.
 """
@@ -24,7 +27,7 @@ import pathlib
 import shutil
 import sys
 
-from .tiny import MARKER, _make_tokenizer_files_portable, build_tokenizer, default_tiny_dir
+from .tiny import MARKER, _make_tokenizer_files_portable, build_tokenizer, default_tiny_dir, write_sentencepiece_tokenizer
 
 SHARDS = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")
 INDEX = "model.safetensors.index.json"
@@ -34,6 +37,7 @@ TINY_CLIP = dict(
 )
 TINY_LLAMA = dict(hidden_size=64, intermediate_size=176, num_hidden_layers=4, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=4096)
+TOKENIZERS = ("bpe", "sentencepiece")
 CLIP_MEAN_STD = dict(image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711])
 
 
@@ -55,8 +59,10 @@ def _read_marker(path: pathlib.Path) -> dict:
 
 
 def released_config(tokenizer, clip_dir, mm_hidden_size: int, llama=None) -> dict:
-    """config.json as LLaVA-3D's released one is written (transformers 4.37 key names), tiny sizes."""
+    """config.json as LLaVA-3D's released one is written (transformers 4.37 key names, every key its
+    training script sets, including those its inference never reads), tiny sizes."""
     return {
+        "_name_or_path": "adatoken3d-tiny-llava3d",
         "architectures": ["LlavaLlamaForCausalLM"],
         "model_type": "llava_llama",
         "attention_bias": False,
@@ -76,8 +82,10 @@ def released_config(tokenizer, clip_dir, mm_hidden_size: int, llama=None) -> dic
         "vocab_size": len(tokenizer),
         **(llama or TINY_LLAMA),
         "image_aspect_ratio": "pad",
+        "freeze_mm_mlp_adapter": False,
         "mm_hidden_size": mm_hidden_size,
         "mm_patch_merge_type": "flat",
+        "mm_projector_lr": None,
         "mm_projector_type": "mlp2x_gelu",
         "mm_use_im_patch_token": False,
         "mm_use_im_start_end": False,
@@ -86,8 +94,10 @@ def released_config(tokenizer, clip_dir, mm_hidden_size: int, llama=None) -> dic
         "mm_vision_select_layer": -2,
         "mm_vision_tower": str(clip_dir),
         "num_frames": 20,
+        "num_sample_tokens": 1152,  # read by LLaVA-3D's video tower and never used
         "tokenizer_model_max_length": 2048,
         "tokenizer_padding_side": "right",
+        "transformers_version": "4.37.2",
         "tune_mm_mlp_adapter": False,
         "use_mm_proj": True,
     }
@@ -128,16 +138,24 @@ def write_clip(model, clip_dir, marker: dict) -> pathlib.Path:
     return out
 
 
-def _create_llava_part(out_dir, clip_dir, seed: int, llama=None) -> pathlib.Path:
+def _create_llava_part(out_dir, clip_dir, seed: int, llama=None, tokenizer_kind: str = "bpe") -> pathlib.Path:
     """Write the LLaVA-3D part to out_dir; its config points at clip_dir (must already exist).
-    llama: LLaMA sizes replacing TINY_LLAMA (e.g. a bigger random model for latency tests)."""
+    llama: LLaMA sizes replacing TINY_LLAMA (e.g. a bigger random model for latency tests).
+    tokenizer_kind: 'bpe' (tokenizer.json) or 'sentencepiece' (tokenizer.model only)."""
     import torch
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
     from .llava3d import Llava3D, Llava3DConfig
 
+    if tokenizer_kind not in TOKENIZERS:
+        raise ValueError(f"tokenizer_kind must be one of {TOKENIZERS}, got {tokenizer_kind!r}")
     out, clip_dir = pathlib.Path(out_dir), pathlib.Path(clip_dir).resolve()
-    tokenizer = build_tokenizer()
+    if tokenizer_kind == "sentencepiece":
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(write_sentencepiece_tokenizer(out), local_files_only=True)
+    else:
+        tokenizer = build_tokenizer()
     clip_config = CLIPVisionConfig.from_pretrained(clip_dir)
     raw = released_config(tokenizer, clip_dir, clip_config.hidden_size, llama)
     config = Llava3DConfig.from_dict(raw)
@@ -147,13 +165,16 @@ def _create_llava_part(out_dir, clip_dir, seed: int, llama=None) -> pathlib.Path
         torch.manual_seed(seed)
         model = Llava3D(config, tower)
 
-    return write_llava3d(model, raw, tokenizer, out, _marker("tiny-random-llava3d", seed, clip_dir=str(clip_dir)))
+    marker = _marker("tiny-random-llava3d", seed, clip_dir=str(clip_dir), tokenizer=tokenizer_kind)
+    return write_llava3d(model, raw, tokenizer, out, marker, save_tokenizer=tokenizer_kind == "bpe")
 
 
-def write_llava3d(model, raw_config: dict, tokenizer, out_dir, marker: dict, dtype=None) -> pathlib.Path:
+def write_llava3d(model, raw_config: dict, tokenizer, out_dir, marker: dict, dtype=None,
+                  save_tokenizer: bool = True) -> pathlib.Path:
     """Save a Llava3D (without its vision tower) in the released layout: config.json, two safetensors
     shards under the released names + index, generation config, tokenizer, and the marker.
-    dtype: of the stored weights (default bfloat16, as released)."""
+    dtype: of the stored weights (default bfloat16, as released). save_tokenizer: False when the
+    tokenizer's files are already in out_dir (a SentencePiece tokenizer.model is kept as it is)."""
     import torch
     from safetensors.torch import save_file
     from transformers import GenerationConfig
@@ -179,17 +200,20 @@ def write_llava3d(model, raw_config: dict, tokenizer, out_dir, marker: dict, dty
     _json(out / "config.json", {**raw_config, "torch_dtype": str(dtype).removeprefix("torch.")})
     GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                      pad_token_id=tokenizer.pad_token_id, do_sample=False).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    _make_tokenizer_files_portable(out, tokenizer)
+    if save_tokenizer:
+        (out / "tokenizer.model").unlink(missing_ok=True)   # never beside a tokenizer.json it does not match
+        tokenizer.save_pretrained(out)
+        _make_tokenizer_files_portable(out, tokenizer)
     _json(out / MARKER, marker)
     return out
 
 
-def create_tiny_llava3d(out_dir, clip_dir, seed: int = 0, llama=None) -> pathlib.Path:
+def create_tiny_llava3d(out_dir, clip_dir, seed: int = 0, llama=None, tokenizer: str = "bpe") -> pathlib.Path:
     """Write the tiny CLIP to clip_dir and the tiny LLaVA-3D (pointing at it) to out_dir; return out_dir.
-    llama: LLaMA sizes replacing TINY_LLAMA's (hidden_size, num_hidden_layers, ...), for a bigger random model."""
+    llama: LLaMA sizes replacing TINY_LLAMA's (hidden_size, num_hidden_layers, ...), for a bigger random model.
+    tokenizer: 'bpe' (tokenizer.json) or 'sentencepiece' (tokenizer.model only, as Vicuna-based checkpoints)."""
     create_tiny_clip(clip_dir, seed)
-    return _create_llava_part(out_dir, clip_dir, seed, llama)
+    return _create_llava_part(out_dir, clip_dir, seed, llama, tokenizer)
 
 
 def is_tiny_clip(clip_dir, seed: int) -> bool:
@@ -199,13 +223,15 @@ def is_tiny_clip(clip_dir, seed: int) -> bool:
         (clip / n).is_file() for n in ("config.json", "model.safetensors", "preprocessor_config.json"))
 
 
-def is_tiny_llava3d(out_dir, clip_dir, seed: int) -> bool:
-    """True when out_dir holds a complete tiny LLaVA-3D of this seed that uses the tiny CLIP at clip_dir."""
+def is_tiny_llava3d(out_dir, clip_dir, seed: int, tokenizer: str = "bpe") -> bool:
+    """True when out_dir holds a complete tiny LLaVA-3D of this seed and tokenizer kind that uses the
+    tiny CLIP at clip_dir."""
     out = pathlib.Path(out_dir)
     m = _read_marker(out)
-    needed = ("config.json", "generation_config.json", INDEX, *SHARDS, "tokenizer.json", "tokenizer_config.json")
+    tokenizer_file = "tokenizer.model" if tokenizer == "sentencepiece" else "tokenizer.json"
+    needed = ("config.json", "generation_config.json", INDEX, *SHARDS, tokenizer_file, "tokenizer_config.json")
     return (
-        (m.get("kind"), m.get("seed")) == ("tiny-random-llava3d", seed)
+        (m.get("kind"), m.get("seed"), m.get("tokenizer", "bpe")) == ("tiny-random-llava3d", seed, tokenizer)
         and m.get("clip_dir") == str(pathlib.Path(clip_dir).resolve())
         and all((out / n).is_file() for n in needed)
         and is_tiny_clip(clip_dir, seed)
@@ -255,16 +281,19 @@ def main(argv=None) -> int:
     parser.add_argument("out_dir", type=pathlib.Path, nargs="?", default=default_tiny_llava3d_dir())
     parser.add_argument("--clip-dir", type=pathlib.Path, default=None, help="default: OUT_DIR-clip")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tokenizer", choices=TOKENIZERS, default="bpe",
+                        help="bpe: tokenizer.json (default); sentencepiece: tokenizer.model only, as Vicuna-based checkpoints")
     parser.add_argument("--force", action="store_true", help="recreate even if it already exists")
     args = parser.parse_args(argv)
     clip = args.clip_dir if args.clip_dir is not None else default_clip_dir(args.out_dir)
 
-    if not args.force and is_tiny_llava3d(args.out_dir, clip, args.seed):
+    if not args.force and is_tiny_llava3d(args.out_dir, clip, args.seed, args.tokenizer):
         print(f"tiny LLaVA-3D (seed {args.seed}) already at {args.out_dir} (CLIP at {clip}); nothing to do "
               "(use --force to recreate)")
         return 0
-    create_tiny_llava3d(args.out_dir, clip, seed=args.seed)
-    print(f"created tiny random-weight LLaVA-3D (seed {args.seed}, untrained) at {args.out_dir}, CLIP at {clip}")
+    create_tiny_llava3d(args.out_dir, clip, seed=args.seed, tokenizer=args.tokenizer)
+    print(f"created tiny random-weight LLaVA-3D (seed {args.seed}, untrained, {args.tokenizer} tokenizer) at "
+          f"{args.out_dir}, CLIP at {clip}")
     return 0
 
 
