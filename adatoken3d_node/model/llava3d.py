@@ -268,12 +268,10 @@ class Llava3D(nn.Module):
         out = tower(pixel_values=x, output_hidden_states=True)
         return out.hidden_states[self.config.mm_vision_select_layer][:, 1:]  # (V, 1 + P, C) -> (V, P, C)
 
-    def spatial_features(self, features: torch.Tensor, scene) -> torch.Tensor:
-        """features (V, P, C) of scene.images -> pooled spatial features (M, C), before the projector.
-
-        Each valid patch gets video_pos_emb(its xyz) added (LLaVA-3D's SpatialAwareModule), then
-        patches are averaged per kept voxel. scene: perception.frontend.SceneGeometry.
-        """
+    def patch_features(self, features: torch.Tensor, scene) -> torch.Tensor:
+        """features (V, P, C) of scene.images -> (N, C): every valid patch's feature with
+        video_pos_emb(its xyz) added (LLaVA-3D's SpatialAwareModule), in (view, patch) order.
+        scene: perception.frontend.SceneGeometry."""
         device = features.device
         valid = torch.as_tensor(scene.patch_valid, device=device)            # (V, P) bool
         if valid.shape != features.shape[:2]:
@@ -282,11 +280,16 @@ class Llava3D(nn.Module):
                 f"the front end's patch_grid must be {self.patch_grid} for this vision tower"
             )
         xyz = torch.as_tensor(scene.patch_xyz, device=device)[valid]         # (N, 3) metres, (view, patch) order
-        patch_to_voxel = scene.tokens.patch_to_voxel.to(device)               # (N,) token index or -1
-        if patch_to_voxel.shape[0] != xyz.shape[0]:
-            raise ValueError(f"scene.tokens covers {patch_to_voxel.shape[0]} patches, scene has {xyz.shape[0]} valid ones")
         feats = features[valid]                                               # (N, C)
-        feats = feats + self.video_pos_emb(xyz.to(feats.dtype))
+        return feats + self.video_pos_emb(xyz.to(feats.dtype))
+
+    def spatial_features(self, features: torch.Tensor, scene) -> torch.Tensor:
+        """features (V, P, C) of scene.images -> pooled spatial features (M, C), before the projector:
+        patch_features averaged per kept voxel (scene.tokens.patch_to_voxel)."""
+        feats = self.patch_features(features, scene)                          # (N, C)
+        patch_to_voxel = scene.tokens.patch_to_voxel.to(feats.device)         # (N,) token index or -1
+        if patch_to_voxel.shape[0] != feats.shape[0]:
+            raise ValueError(f"scene.tokens covers {patch_to_voxel.shape[0]} patches, scene has {feats.shape[0]} valid ones")
         return voxel_mean(feats, patch_to_voxel, scene.num_tokens)           # (M, C)
 
     def spatial_embeddings(self, scene) -> torch.Tensor:
