@@ -106,7 +106,7 @@ def test_ask_streams_feedback_before_the_result(client):
     status, result = client.result(handle, timeout=CALL_TIMEOUT)
     result_time.append(time.monotonic())
     assert status == GoalStatus.STATUS_SUCCEEDED and result.success, result.error
-    client.wait_until(lambda: len(feedback) >= result.metrics.generated_tokens, 5.0, 'all feedback')
+    client.wait_until(lambda: len(feedback) >= result.metrics.generated_tokens, CALL_TIMEOUT, 'all feedback')
     counts = [n for _, n, _ in feedback]
     assert counts == list(range(1, result.metrics.generated_tokens + 1))
     assert feedback[0][0] < result_time[0]
