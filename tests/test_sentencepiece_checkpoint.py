@@ -107,6 +107,21 @@ def test_the_text_after_a_point_keeps_sentencepieces_prefix(loaded, sp_model):
         assert tokenizer.decode(sp.encode(text)) == sp.decode(sp.encode(text)) == text
 
 
+def test_beside_a_tokenizer_json_the_tokenizer_model_still_decides(sp_model, loaded, tmp_path):
+    """LLaVA-3D reads tokenizer.model (use_fast=False) even where a tokenizer.json converted by
+    transformers 5 lies beside it; so does the loader."""
+    import shutil
+    from transformers import AutoTokenizer
+    config = loaded[2]
+    both = shutil.copytree(sp_model, tmp_path / 'both')
+    AutoTokenizer.from_pretrained(sp_model, config=config.text_config, local_files_only=True).save_pretrained(both)
+    assert (both / 'tokenizer.json').is_file() and (both / 'tokenizer.model').is_file()
+    tokenizer = loader.load_tokenizer(both, config)
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(both / 'tokenizer.model'))
+    for chunk in (' standing on? ASSISTANT:', '\nWhat is at ', 'A chat. USER: '):
+        assert tokenizer(chunk, add_special_tokens=False).input_ids == sp.encode(chunk)
+
+
 @pytest.mark.parametrize('missing', ['sentencepiece', 'protobuf'])
 def test_a_missing_tokenizer_package_is_named(sp_model, monkeypatch, missing):
     monkeypatch.setitem(__import__('sys').modules, loader.SENTENCEPIECE_MODULES[missing], None)  # import fails
