@@ -42,7 +42,6 @@ def questions():
 
 @pytest.fixture(scope='module')
 def loaded():
-    torch.manual_seed(0)
     return load_llava3d(FIX / 'checkpoint', vision_tower_path=FIX / 'checkpoint' / 'vision_tower',
                         device='cpu', dtype='float32')
 

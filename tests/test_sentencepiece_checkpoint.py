@@ -7,6 +7,7 @@ tokenizer_special_token (split at the placeholders, BOS once) over sentencepiece
 encoding transformers 4.37's slow LlamaTokenizer gives for these chunks (legacy true and false).
 """
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -45,6 +46,12 @@ def loaded(sp_model):
     return load_llava3d(sp_model, device='cpu', dtype='float32')
 
 
+@pytest.fixture(scope='module')
+def sp(sp_model):
+    """The checkpoint's tokenizer.model in SentencePiece itself: the reference."""
+    return sentencepiece.SentencePieceProcessor(model_file=str(sp_model / 'tokenizer.model'))
+
+
 def llava3d_prompt(question: str, with_image: bool) -> str:
     """The llava_v1 prompt as LLaVA-3D writes it: <image> for the scene, <boxes> for each point."""
     user, assistant = ROLES
@@ -79,9 +86,8 @@ def test_the_cli_writes_it_and_knows_it_is_there(tmp_path, capsys):
 
 @pytest.mark.parametrize('with_image', [True, False])
 @pytest.mark.parametrize('question', QUESTIONS)
-def test_prompt_ids_equal_the_slow_llama_tokenizers(loaded, sp_model, question, with_image):
+def test_prompt_ids_equal_the_slow_llama_tokenizers(loaded, sp, question, with_image):
     model, tokenizer, _ = loaded
-    sp = sentencepiece.SentencePieceProcessor(model_file=str(sp_model / 'tokenizer.model'))
     spatial = torch.zeros(3 if with_image else 0, model.config.hidden_size)
     ids = model.build_inputs(question, spatial, tokenizer).input_ids.tolist()
     expected = slow_llama_ids(llava3d_prompt(question, with_image), sp)
@@ -91,12 +97,11 @@ def test_prompt_ids_equal_the_slow_llama_tokenizers(loaded, sp_model, question, 
     assert ids == expected
 
 
-def test_the_text_after_a_point_keeps_sentencepieces_prefix(loaded, sp_model):
+def test_the_text_after_a_point_keeps_sentencepieces_prefix(loaded, sp_model, sp):
     """What transformers 5 alone gets wrong: a chunk starting with a space (after <boxes>) loses the
     extra dummy-prefix piece the slow tokenizer puts there."""
     from transformers import AutoTokenizer
     _, tokenizer, config = loaded
-    sp = sentencepiece.SentencePieceProcessor(model_file=str(sp_model / 'tokenizer.model'))
     chunk = ' standing on? Answer briefly. ASSISTANT:'
     assert tokenizer(chunk, add_special_tokens=False).input_ids == sp.encode(chunk)
     assert sp.encode(chunk)[0] == sp.piece_to_id('\u2581')
@@ -107,7 +112,7 @@ def test_the_text_after_a_point_keeps_sentencepieces_prefix(loaded, sp_model):
         assert tokenizer.decode(sp.encode(text)) == sp.decode(sp.encode(text)) == text
 
 
-def test_beside_a_tokenizer_json_the_tokenizer_model_still_decides(sp_model, loaded, tmp_path):
+def test_beside_a_tokenizer_json_the_tokenizer_model_still_decides(sp_model, loaded, sp, tmp_path):
     """LLaVA-3D reads tokenizer.model (use_fast=False) even where a tokenizer.json converted by
     transformers 5 lies beside it; so does the loader."""
     import shutil
@@ -117,14 +122,13 @@ def test_beside_a_tokenizer_json_the_tokenizer_model_still_decides(sp_model, loa
     AutoTokenizer.from_pretrained(sp_model, config=config.text_config, local_files_only=True).save_pretrained(both)
     assert (both / 'tokenizer.json').is_file() and (both / 'tokenizer.model').is_file()
     tokenizer = loader.load_tokenizer(both, config)
-    sp = sentencepiece.SentencePieceProcessor(model_file=str(both / 'tokenizer.model'))
     for chunk in (' standing on? ASSISTANT:', '\nWhat is at ', 'A chat. USER: '):
         assert tokenizer(chunk, add_special_tokens=False).input_ids == sp.encode(chunk)
 
 
 @pytest.mark.parametrize('missing', ['sentencepiece', 'protobuf'])
 def test_a_missing_tokenizer_package_is_named(sp_model, monkeypatch, missing):
-    monkeypatch.setitem(__import__('sys').modules, loader.SENTENCEPIECE_MODULES[missing], None)  # import fails
+    monkeypatch.setitem(sys.modules, loader.SENTENCEPIECE_MODULES[missing], None)  # import fails
     with pytest.raises(Llava3DLoadError) as error:
         load_llava3d(sp_model, device='cpu', dtype='float32')
     message = str(error.value)

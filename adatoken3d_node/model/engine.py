@@ -4,6 +4,7 @@
     resolve_dtype("auto" | "float32" | "float16" | "bfloat16", device) -> torch.dtype, or ValueError
     ModelLoadError: a checkpoint at a path cannot be used; the message names the path and what to do
     TOKENIZER_FILES: the files of which a checkpoint directory needs at least one
+      (FAST_TOKENIZER_FILE, SENTENCEPIECE_FILE)
 
 (The module keeps its historical name; the question answering itself lives in scene_qa.py.)
 No ROS imports.
@@ -13,7 +14,9 @@ import re
 
 import torch
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")  # fast tokenizer / sentencepiece model
+FAST_TOKENIZER_FILE = "tokenizer.json"    # a tokenizers pipeline
+SENTENCEPIECE_FILE = "tokenizer.model"    # a SentencePiece model (what LLaMA/Vicuna checkpoints ship)
+TOKENIZER_FILES = (FAST_TOKENIZER_FILE, SENTENCEPIECE_FILE)
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .engine import TOKENIZER_FILES, ModelLoadError, resolve_device, resolve_dtype
+from .engine import (FAST_TOKENIZER_FILE, SENTENCEPIECE_FILE, TOKENIZER_FILES, ModelLoadError, resolve_device,
+                     resolve_dtype)
 from .llava3d import CLIP_MEAN, CLIP_STD, Llava3D, Llava3DConfig
 from .tiny import MARKER  # a tiny test checkpoint says it was never trained
 
@@ -36,7 +37,6 @@ IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PICKLE_INDEX = "pytorch_model.bin.index.json"
 HUB_HINT = "huggingface-cli download {name} --local-dir DIR"
-SENTENCEPIECE_MODEL = "tokenizer.model"
 SPIECE_SPACE = "\u2581"  # SentencePiece's visible space
 # What transformers needs to read a tokenizer.model: pip package -> module.
 SENTENCEPIECE_MODULES = {"sentencepiece": "sentencepiece", "protobuf": "google.protobuf"}
@@ -293,6 +293,18 @@ def _missing_modules(modules: dict) -> list:
     return missing
 
 
+def _require_sentencepiece(path: pathlib.Path) -> None:
+    """Llava3DLoadError naming the packages missing to read path's tokenizer.model, if any."""
+    missing = _missing_modules(SENTENCEPIECE_MODULES)
+    if missing:
+        alone = "" if (path / FAST_TOKENIZER_FILE).is_file() else f", no {FAST_TOKENIZER_FILE}"
+        raise Llava3DLoadError(
+            f"{path} has a SentencePiece tokenizer ({SENTENCEPIECE_FILE}{alone}), and reading it needs the "
+            f"Python package(s) {' and '.join(missing)}, which are not installed: "
+            f"pip install -c requirements/constraints.txt {' '.join(missing)}"
+        )
+
+
 def load_tokenizer(path: pathlib.Path, config: Llava3DConfig):
     """The checkpoint's tokenizer, encoding text as LLaVA-3D's own code does.
 
@@ -306,16 +318,9 @@ def load_tokenizer(path: pathlib.Path, config: Llava3DConfig):
         raise Llava3DLoadError(
             f"{path} has no tokenizer ({' or '.join(TOKENIZER_FILES)}); copy the tokenizer files that belong to this checkpoint"
         )
-    sentencepiece_model = path / SENTENCEPIECE_MODEL
-    if sentencepiece_model.is_file() and not (path / "tokenizer.json").is_file():
-        # transformers would fail later with a message about tiktoken; name what is really missing.
-        missing = _missing_modules(SENTENCEPIECE_MODULES)
-        if missing:
-            raise Llava3DLoadError(
-                f"{path} has only a SentencePiece tokenizer ({SENTENCEPIECE_MODEL}, no tokenizer.json), and reading "
-                f"it needs the Python package(s) {' and '.join(missing)}, which are not installed: "
-                f"pip install -c requirements/constraints.txt {' '.join(missing)}"
-            )
+    sentencepiece_model = path / SENTENCEPIECE_FILE
+    if sentencepiece_model.is_file() and not (path / FAST_TOKENIZER_FILE).is_file():
+        _require_sentencepiece(path)   # transformers would fail with a message about tiktoken
     from transformers import AutoTokenizer
 
     try:
@@ -337,6 +342,7 @@ def _use_sentencepiece_prefix(tokenizer, model_file: pathlib.Path) -> None:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None or not isinstance(backend.pre_tokenizer, pre_tokenizers.Metaspace):
         return  # not a Metaspace (SentencePiece-style) pipeline: it was built from tokenizer.json as it is
+    _require_sentencepiece(model_file.parent)
     try:
         from sentencepiece import sentencepiece_model_pb2
 

@@ -129,6 +129,8 @@ def write_sentencepiece_tokenizer(out_dir, extra_corpus=()):
 
     import sentencepiece
 
+    from .engine import FAST_TOKENIZER_FILE, SENTENCEPIECE_FILE
+
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = io.BytesIO()
@@ -140,8 +142,8 @@ def write_sentencepiece_tokenizer(out_dir, extra_corpus=()):
         remove_extra_whitespaces=False, normalization_rule_name="identity", character_coverage=1.0,
         unk_id=0, bos_id=1, eos_id=2, pad_id=-1, num_threads=1, minloglevel=2,
     )
-    (out / "tokenizer.model").write_bytes(model.getvalue())
-    (out / "tokenizer.json").unlink(missing_ok=True)
+    (out / SENTENCEPIECE_FILE).write_bytes(model.getvalue())
+    (out / FAST_TOKENIZER_FILE).unlink(missing_ok=True)
     config = {"add_bos_token": True, "add_eos_token": False, "bos_token": "<s>", "clean_up_tokenization_spaces": False,
               "eos_token": "</s>", "legacy": False, "model_max_length": 2048, "pad_token": None,
               "padding_side": "right", "sp_model_kwargs": {}, "tokenizer_class": "LlamaTokenizer", "unk_token": "<unk>"}

@@ -27,6 +27,7 @@ import pathlib
 import shutil
 import sys
 
+from .engine import FAST_TOKENIZER_FILE, SENTENCEPIECE_FILE
 from .tiny import MARKER, _make_tokenizer_files_portable, build_tokenizer, default_tiny_dir, write_sentencepiece_tokenizer
 
 SHARDS = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")
@@ -201,7 +202,7 @@ def write_llava3d(model, raw_config: dict, tokenizer, out_dir, marker: dict, dty
     GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                      pad_token_id=tokenizer.pad_token_id, do_sample=False).save_pretrained(out)
     if save_tokenizer:
-        (out / "tokenizer.model").unlink(missing_ok=True)   # never beside a tokenizer.json it does not match
+        (out / SENTENCEPIECE_FILE).unlink(missing_ok=True)   # never beside a tokenizer.json it does not match
         tokenizer.save_pretrained(out)
         _make_tokenizer_files_portable(out, tokenizer)
     _json(out / MARKER, marker)
@@ -228,7 +229,7 @@ def is_tiny_llava3d(out_dir, clip_dir, seed: int, tokenizer: str = "bpe") -> boo
     tiny CLIP at clip_dir."""
     out = pathlib.Path(out_dir)
     m = _read_marker(out)
-    tokenizer_file = "tokenizer.model" if tokenizer == "sentencepiece" else "tokenizer.json"
+    tokenizer_file = SENTENCEPIECE_FILE if tokenizer == "sentencepiece" else FAST_TOKENIZER_FILE
     needed = ("config.json", "generation_config.json", INDEX, *SHARDS, tokenizer_file, "tokenizer_config.json")
     return (
         (m.get("kind"), m.get("seed"), m.get("tokenizer", "bpe")) == ("tiny-random-llava3d", seed, tokenizer)
