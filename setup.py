@@ -6,6 +6,7 @@ pip path installs it with `pip install .`, which puts the same console scripts
 on the venv's PATH. Dependencies are system/venv packages (package.xml,
 requirements/), not install_requires, as usual for ROS packages.
 """
+
 import glob
 import os
 
@@ -16,7 +17,8 @@ PACKAGE = 'adatoken3d'
 setup(
     name=PACKAGE,
     version='0.1.0',
-    packages=find_packages(include=['adatoken3d_node', 'adatoken3d_node.*']),
+    # adatoken3d_node: what runs on the robot; adatoken3d_lab: training, evaluation, calibration, demo, bag tools
+    packages=find_packages(include=['adatoken3d_node', 'adatoken3d_node.*', 'adatoken3d_lab', 'adatoken3d_lab.*']),
     data_files=[
         ('share/ament_index/resource_index/packages', [f'resource/{PACKAGE}']),
         (f'share/{PACKAGE}', ['package.xml']),
@@ -25,8 +27,11 @@ setup(
         (f'share/{PACKAGE}/models', glob.glob('models/*.md') + glob.glob('models/*.json')),
         (f'share/{PACKAGE}/models/gating_profiles', glob.glob('models/gating_profiles/*.json')),
         # the trained default model (a checkpoint directory, its CLIP in vision_tower/)
-        *[(f'share/{PACKAGE}/{d}', [f for f in sorted(glob.glob(f'{d}/*')) if os.path.isfile(f)])
-          for d in sorted(glob.glob('models/*/')) + sorted(glob.glob('models/*/*/')) if 'gating_profiles' not in d],
+        *[
+            (f'share/{PACKAGE}/{d}', [f for f in sorted(glob.glob(f'{d}/*')) if os.path.isfile(f)])
+            for d in sorted(glob.glob('models/*/')) + sorted(glob.glob('models/*/*/'))
+            if 'gating_profiles' not in d
+        ],
     ],
     install_requires=['setuptools'],
     zip_safe=True,
@@ -38,11 +43,11 @@ setup(
         'console_scripts': [
             'adatoken3d_node = adatoken3d_node.node:main',
             'adatoken3d-bringup = adatoken3d_node.bringup:main',
-            'adatoken3d-demo = adatoken3d_node.demo:main',
-            'adatoken3d-bag = adatoken3d_node.bags:main',
-            'adatoken3d-make-tiny-llava3d = adatoken3d_node.model.tiny_llava3d:main',
-            'adatoken3d-calibrate = adatoken3d_node.model.calibrate:main',
-            'adatoken3d-train-tiny = adatoken3d_node.training.train:main',
-        ],
+            'adatoken3d-demo = adatoken3d_lab.demo:main',
+            'adatoken3d-bag = adatoken3d_lab.bags:main',
+            'adatoken3d-make-random-llava3d = adatoken3d_lab.random_checkpoint:main',
+            'adatoken3d-calibrate = adatoken3d_lab.calibrate:main',
+            'adatoken3d-train-tiny = adatoken3d_lab.training.train:main',
+        ]
     },
 )

@@ -7,6 +7,7 @@ in this process, with the equivalent rcl arguments.
 
     adatoken3d-bringup model_path:=/data/llava-3d-7b color_image_topic:=/camera/color/image_raw
 """
+
 import pathlib
 import sys
 from typing import List, Optional
@@ -32,6 +33,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f'adatoken3d-bringup: params_file {params_file} does not exist', file=sys.stderr)
         return 2
     from .node import main as node_main  # after argument checks: importing ROS and torch takes a while
+
     return node_main([NODE_EXECUTABLE, *launch_args.node_arguments(values), *launch_args.ros_arguments(values)])
 
 

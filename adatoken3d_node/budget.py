@@ -22,8 +22,8 @@ pruning) whose predicted total fits the time the budget has left less a safety m
 recent prediction errors, never below `min_keep_ratio`. When even that floor
 does not fit, the query runs at the floor and is answered late: deadline_met (measured) says so.
 """
+
 import collections
-import math
 import threading
 from dataclasses import dataclass
 from typing import Deque, List, Optional, Sequence, Tuple
@@ -31,31 +31,28 @@ from typing import Deque, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .model.flops import LlamaShape, prefill_flops
-
-
-def budget_schedule_layers(num_layers: int) -> List[int]:
-    return sorted({max(1, min(num_layers - 1, x)) for x in (num_layers // 4, num_layers // 2, 3 * num_layers // 4)})
+from .model.gating_policy import quarter_layers, ratio_count, with_raters
 
 
 def budget_schedule(num_layers: int, keep_ratio: float, raters: str = 'last') -> str:
     """The schedule family the controller picks from: stage i of k keeps keep_ratio^(i/k), the tokens
     scored by `raters` (gating.RATERS)."""
-    from .model.gating import with_raters   # imported here, as in warmup_sweep: this module stays torch-free
-    layers = budget_schedule_layers(num_layers)
+    layers = quarter_layers(num_layers)
     k = len(layers)
-    return with_raters('schedule:' + ','.join(f'{layer}:{keep_ratio ** ((i + 1) / k):.4f}'
-                                               for i, layer in enumerate(layers)), raters)
+    return with_raters(
+        'schedule:' + ','.join(f'{layer}:{keep_ratio ** ((i + 1) / k):.4f}' for i, layer in enumerate(layers)), raters
+    )
 
 
 def tokens_per_layer(num_layers: int, text: int, spatial: int, keep_ratio: float) -> List[int]:
     """Tokens entering each layer under budget_schedule(num_layers, keep_ratio)."""
-    layers = budget_schedule_layers(num_layers)
+    layers = quarter_layers(num_layers)
     counts, n = [], text + spatial
     for layer in range(num_layers):
         if layer in layers:
             stage = layers.index(layer) + 1
             ratio = round(keep_ratio ** (stage / len(layers)), 4)
-            n = text + math.ceil(round(ratio * spatial, 6))
+            n = text + ratio_count(ratio, spatial)
         counts.append(n)
     return counts
 
@@ -75,7 +72,7 @@ def cuts_of(counts: Sequence[int]) -> int:
 
 @dataclass
 class Observation:
-    prefill_features: np.ndarray      # prefill_features(shape, tokens per layer)
+    prefill_features: np.ndarray  # prefill_features(shape, tokens per layer)
     prefill_ms: float
     decode_tokens: int
     mean_cache_tokens: float
@@ -89,10 +86,10 @@ class CostModel:
         self.shape = shape
         self._obs: Deque[Observation] = collections.deque(maxlen=window)
         self._lock = threading.Lock()
-        self.prefill_coef = np.zeros(4)   # ms per linear GFLOP, per attention GFLOP, ms, ms per cut
-        self.decode_coef = (0.0, 0.0)    # ms per token, ms per token per 1000 cached tokens
-        self._vision_ms: Optional[float] = None   # running mean of observed vision times
-        self._errors: Deque[float] = collections.deque(maxlen=window)   # (actual - predicted) / actual
+        self.prefill_coef = np.zeros(4)  # ms per linear GFLOP, per attention GFLOP, ms, ms per cut
+        self.decode_coef = (0.0, 0.0)  # ms per token, ms per token per 1000 cached tokens
+        self._vision_ms: Optional[float] = None  # running mean of observed vision times
+        self._errors: Deque[float] = collections.deque(maxlen=window)  # (actual - predicted) / actual
 
     # ---------------------------------------------------------------- fitting
     def add(self, obs: Observation) -> None:
@@ -120,7 +117,7 @@ class CostModel:
         while active:
             sub = X[:, active]
             if np.linalg.matrix_rank(sub) < len(active):
-                active.pop()          # too few distinct shapes for all features yet
+                active.pop()  # too few distinct shapes for all features yet
                 continue
             fit = np.linalg.lstsq(sub, y, rcond=None)[0]
             if (fit >= 0).all():
@@ -144,7 +141,7 @@ class CostModel:
 
     def decode_ms(self, new_tokens: int, cache_tokens: float) -> float:
         c, d = self.decode_coef
-        return max(new_tokens - 1, 0) * (c + d * cache_tokens / 1000)   # the first token comes from prefill
+        return max(new_tokens - 1, 0) * (c + d * cache_tokens / 1000)  # the first token comes from prefill
 
     def vision_ms(self) -> float:
         return self._vision_ms or 0.0
@@ -171,10 +168,10 @@ class CostModel:
 @dataclass(frozen=True)
 class BudgetDecision:
     keep_ratio: float
-    policy_text: str             # the schedule to run ('none' when nothing needs pruning)
-    predicted_ms: float          # predicted from now: vision + prefill + decode
-    predicted_model_ms: float    # prefill + decode part (what the error is tracked on)
-    fits: bool                   # False: even the floor is predicted to miss the budget
+    policy_text: str  # the schedule to run ('none' when nothing needs pruning)
+    predicted_ms: float  # predicted from now: vision + prefill + decode
+    predicted_model_ms: float  # prefill + decode part (what the error is tracked on)
+    fits: bool  # False: even the floor is predicted to miss the budget
 
 
 class BudgetController:
@@ -204,9 +201,10 @@ class BudgetController:
             return BudgetDecision(1.0, 'none', total, model, total <= remaining_ms)
         low_total, low_model = self.predict(self.min_keep_ratio, text, spatial, new_tokens)
         if low_total > remaining_ms:
-            return BudgetDecision(self.min_keep_ratio, budget_schedule(L, self.min_keep_ratio, self.raters), low_total,
-                                  low_model, False)
-        lo, hi = self.min_keep_ratio, 1.0        # predicted time grows with the keep ratio: bisect
+            return BudgetDecision(
+                self.min_keep_ratio, budget_schedule(L, self.min_keep_ratio, self.raters), low_total, low_model, False
+            )
+        lo, hi = self.min_keep_ratio, 1.0  # predicted time grows with the keep ratio: bisect
         for _ in range(20):
             mid = (lo + hi) / 2
             if self.predict(mid, text, spatial, new_tokens)[0] <= remaining_ms:
@@ -215,33 +213,3 @@ class BudgetController:
                 hi = mid
         total, model = self.predict(lo, text, spatial, new_tokens)
         return BudgetDecision(lo, budget_schedule(L, lo, self.raters), total, model, True)
-
-
-def warmup_sweep(answerer, cost: CostModel, max_spatial: int, text_tokens: int = 100, new_tokens: int = 4,
-                 points: int = 4) -> None:
-    """Measure the loaded model on this device: dense and pruned prefills of synthetic prompts of a few
-    lengths up to max_spatial spatial tokens, a few decode steps each, and the vision tower on 1 and 2
-    views; fill `cost` from what was measured (configure time, so the first query is predicted too)."""
-    import torch
-    from .model.gating import parse_gating
-    model, gated = answerer.model, answerer.gated
-    L = cost.shape.num_layers
-    hidden = model.language_model.config.hidden_size
-    generator = torch.Generator().manual_seed(0)
-    lengths = sorted({max(1, int(max_spatial * (i + 1) / points)) for i in range(points)})
-    with torch.inference_mode():
-        for spatial in lengths:
-            embeds = (torch.randn(1, text_tokens + spatial, hidden, generator=generator) * 0.02).to(
-                device=model.device, dtype=model.dtype)
-            mask = torch.zeros(text_tokens + spatial, dtype=torch.bool, device=model.device)
-            mask[text_tokens // 2:text_tokens // 2 + spatial] = True
-            for ratio in (1.0, 0.5, 0.25, 0.1):
-                policy = parse_gating('none' if ratio == 1.0 else budget_schedule(L, ratio), L)
-                ids, pre, decode_ms = gated.generate(embeds, mask, policy, new_tokens)
-                cost.add(Observation(prefill_features(cost.shape, pre.tokens_per_layer), pre.prefill_ms,
-                                     len(ids) - 1, float(np.mean(pre.tokens_per_layer)) + len(ids) / 2, decode_ms))
-        # the typical query sees one new keyframe: the vision tower on one view
-        images = torch.zeros(1, model.image_size, model.image_size, 3, dtype=torch.uint8)
-        start = answerer._now()
-        model.image_features(images)
-        cost.add_vision_time((answerer._now() - start) * 1e3)

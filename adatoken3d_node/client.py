@@ -9,6 +9,7 @@ Used by the demo, the benchmarks and the tests, and usable from any script:
 The client spins its own rclpy context in a background thread, so calls block
 only the caller, with explicit deadlines (never fixed sleeps).
 """
+
 import os
 import signal
 import subprocess
@@ -34,8 +35,9 @@ from .qos import DIAGNOSTICS_QOS, OUTPUT_QOS, QUERY_QOS, action_qos_kwargs
 class NodeProcess:
     """`adatoken3d-bringup ARGS` in a child process, its output in a log file; stopped with SIGINT."""
 
-    def __init__(self, launch_arguments: Sequence[str] = (), log_path: Optional[str] = None,
-                 env: Optional[Dict[str, str]] = None):
+    def __init__(
+        self, launch_arguments: Sequence[str] = (), log_path: Optional[str] = None, env: Optional[Dict[str, str]] = None
+    ):
         self.command = [sys.executable, '-m', 'adatoken3d_node.bringup', *launch_arguments]
         self.log_path = log_path or os.devnull
         self.env = env
@@ -43,8 +45,9 @@ class NodeProcess:
 
     def start(self) -> 'NodeProcess':
         self._log = open(self.log_path, 'ab')
-        self.process = subprocess.Popen(self.command, stdout=self._log, stderr=subprocess.STDOUT,
-                                        env=self.env, start_new_session=True)
+        self.process = subprocess.Popen(
+            self.command, stdout=self._log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+        )
         return self
 
     def alive(self) -> bool:
@@ -85,7 +88,7 @@ class QueryClient:
         self.node = rclpy.create_node(name, context=self.context)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
-        self.node_name = names.private_name('~/', namespace).rstrip('/')    # /<namespace>/adatoken3d
+        self.node_name = names.private_name('~/', namespace).rstrip('/')  # /<namespace>/adatoken3d
         self.query_service = names.private_name(names.QUERY_SERVICE, namespace)
         self.ask_action = names.private_name(names.ASK_ACTION, namespace)
         self._query = self.node.create_client(Query, self.query_service, qos_profile=QUERY_QOS)
@@ -93,12 +96,15 @@ class QueryClient:
         self.answers: List[Answer] = []
         self.metrics: List[QueryMetrics] = []
         self.diagnostics: List[DiagnosticArray] = []
-        self.node.create_subscription(Answer, names.private_name(names.ANSWER_TOPIC, namespace),
-                                      self.answers.append, OUTPUT_QOS)
-        self.node.create_subscription(QueryMetrics, names.private_name(names.METRICS_TOPIC, namespace),
-                                      self.metrics.append, OUTPUT_QOS)
-        self.node.create_subscription(DiagnosticArray, names.DIAGNOSTICS_TOPIC, self.diagnostics.append,
-                                      DIAGNOSTICS_QOS)
+        self.node.create_subscription(
+            Answer, names.private_name(names.ANSWER_TOPIC, namespace), self.answers.append, OUTPUT_QOS
+        )
+        self.node.create_subscription(
+            QueryMetrics, names.private_name(names.METRICS_TOPIC, namespace), self.metrics.append, OUTPUT_QOS
+        )
+        self.node.create_subscription(
+            DiagnosticArray, names.DIAGNOSTICS_TOPIC, self.diagnostics.append, DIAGNOSTICS_QOS
+        )
         self._spinner = threading.Thread(target=self._spin, daemon=True)
         self._spinner.start()
 
@@ -156,8 +162,11 @@ class QueryClient:
         'tf', 'tf_static'). A publisher seeing the node's subscription is not enough: until the node's side
         has matched it too, what it sends is dropped."""
         keys = list(keys)
-        self.wait_until(lambda: all(int(self.latest_diagnostics().get(f'publishers.{key}', 0)) > 0 for key in keys),
-                        timeout, f'the node to match publishers on {keys}')
+        self.wait_until(
+            lambda: all(int(self.latest_diagnostics().get(f'publishers.{key}', 0)) > 0 for key in keys),
+            timeout,
+            f'the node to match publishers on {keys}',
+        )
 
     def query_service_ready(self) -> bool:
         """Whether a ~/query server is matched right now (the node is active)."""
@@ -165,21 +174,35 @@ class QueryClient:
 
     # --------------------------------------------------------------- calls
     def query_async(self, question: str, latency_budget_ms: float = 0.0, max_new_tokens: int = 0):
-        return self._query.call_async(Query.Request(question=question, latency_budget_ms=float(latency_budget_ms),
-                                                    max_new_tokens=int(max_new_tokens)))
+        return self._query.call_async(
+            Query.Request(
+                question=question, latency_budget_ms=float(latency_budget_ms), max_new_tokens=int(max_new_tokens)
+            )
+        )
 
-    def query(self, question: str, latency_budget_ms: float = 0.0, max_new_tokens: int = 0,
-              timeout: float = 60.0) -> Query.Response:
-        return self._result(self.query_async(question, latency_budget_ms, max_new_tokens), timeout,
-                            f'{self.query_service} response')
+    def query(
+        self, question: str, latency_budget_ms: float = 0.0, max_new_tokens: int = 0, timeout: float = 60.0
+    ) -> Query.Response:
+        return self._result(
+            self.query_async(question, latency_budget_ms, max_new_tokens), timeout, f'{self.query_service} response'
+        )
 
-    def send_goal(self, question: str, latency_budget_ms: float = 0.0, max_new_tokens: int = 0,
-                  on_feedback: Optional[Callable[[Ask.Feedback], None]] = None, timeout: float = 30.0):
+    def send_goal(
+        self,
+        question: str,
+        latency_budget_ms: float = 0.0,
+        max_new_tokens: int = 0,
+        on_feedback: Optional[Callable[[Ask.Feedback], None]] = None,
+        timeout: float = 30.0,
+    ):
         """Send an ~/ask goal; returns the accepted goal handle."""
-        goal = Ask.Goal(question=question, latency_budget_ms=float(latency_budget_ms), max_new_tokens=int(max_new_tokens))
+        goal = Ask.Goal(
+            question=question, latency_budget_ms=float(latency_budget_ms), max_new_tokens=int(max_new_tokens)
+        )
         feedback = (lambda msg: on_feedback(msg.feedback)) if on_feedback else None
-        handle = self._result(self._ask.send_goal_async(goal, feedback_callback=feedback), timeout,
-                              f'{self.ask_action} goal response')
+        handle = self._result(
+            self._ask.send_goal_async(goal, feedback_callback=feedback), timeout, f'{self.ask_action} goal response'
+        )
         if not handle.accepted:
             raise RuntimeError(f'{self.ask_action} rejected the goal')
         return handle
@@ -192,8 +215,14 @@ class QueryClient:
     def cancel(self, goal_handle, timeout: float = 30.0):
         return self._result(goal_handle.cancel_goal_async(), timeout, 'cancel response')
 
-    def ask(self, question: str, latency_budget_ms: float = 0.0, max_new_tokens: int = 0,
-            on_feedback: Optional[Callable[[Ask.Feedback], None]] = None, timeout: float = 60.0):
+    def ask(
+        self,
+        question: str,
+        latency_budget_ms: float = 0.0,
+        max_new_tokens: int = 0,
+        on_feedback: Optional[Callable[[Ask.Feedback], None]] = None,
+        timeout: float = 60.0,
+    ):
         return self.result(self.send_goal(question, latency_budget_ms, max_new_tokens, on_feedback), timeout)
 
     def close(self) -> None:

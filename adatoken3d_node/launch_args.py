@@ -6,6 +6,7 @@ the sensor topics, namespace and log level. An empty value means "not given":
 the parameters file decides (for parameters) or the topic keeps its default
 relative name (for remaps).
 """
+
 import json
 import pathlib
 import sys
@@ -24,21 +25,32 @@ class LaunchArgument:
 
 
 # Parameters that can be overridden straight from the command line.
-PARAMETER_ARGUMENTS = ('model_path', 'vision_tower_path', 'device', 'latency_budget_ms', 'gating',
-                       'sensor_qos_reliability', 'sensor_qos_depth')
+PARAMETER_ARGUMENTS = (
+    'model_path',
+    'vision_tower_path',
+    'device',
+    'latency_budget_ms',
+    'gating',
+    'sensor_qos_reliability',
+    'sensor_qos_depth',
+)
 
 LAUNCH_ARGUMENTS: Tuple[LaunchArgument, ...] = (
-    LaunchArgument('namespace', '', 'Namespace of the node (e.g. robot1).'),
-    LaunchArgument('params_file', '', "Parameters YAML; empty: the package's config/adatoken3d.yaml."),
-    LaunchArgument('use_sim_time', 'false', 'Use /clock (bag replay with --clock).'),
-    LaunchArgument('autostart', 'true', 'Configure and activate the lifecycle node at start.'),
-    LaunchArgument('log_level', 'info', 'Logger level of the node: debug, info, warn, error.'),
-) + tuple(
-    LaunchArgument(name, '', f'Overrides parameter {name} (empty: from params_file).')
-    for name in PARAMETER_ARGUMENTS
-) + tuple(
-    LaunchArgument(f'{key}_topic', '', f'Remap of {topic} (empty: {topic} in the node namespace).')
-    for key, topic in SENSOR_TOPICS.items()
+    (
+        LaunchArgument('namespace', '', 'Namespace of the node (e.g. robot1).'),
+        LaunchArgument('params_file', '', "Parameters YAML; empty: the package's config/adatoken3d.yaml."),
+        LaunchArgument('use_sim_time', 'false', 'Use /clock (bag replay with --clock).'),
+        LaunchArgument('autostart', 'true', 'Configure and activate the lifecycle node at start.'),
+        LaunchArgument('log_level', 'info', 'Logger level of the node: debug, info, warn, error.'),
+    )
+    + tuple(
+        LaunchArgument(name, '', f'Overrides parameter {name} (empty: from params_file).')
+        for name in PARAMETER_ARGUMENTS
+    )
+    + tuple(
+        LaunchArgument(f'{key}_topic', '', f'Remap of {topic} (empty: {topic} in the node namespace).')
+        for key, topic in SENSOR_TOPICS.items()
+    )
 )
 
 BY_NAME = {arg.name: arg for arg in LAUNCH_ARGUMENTS}
@@ -65,6 +77,7 @@ def format_cli(values: Dict[str, object]) -> List[str]:
 def default_params_file() -> str:
     """The installed package's config/adatoken3d.yaml (source tree's as a fallback)."""
     from .share import shipped
+
     return str(shipped(pathlib.Path('config') / 'adatoken3d.yaml'))
 
 
@@ -82,8 +95,7 @@ def parameter_overrides(values: Dict[str, str]) -> Dict[str, object]:
 
 
 def remappings(values: Dict[str, str]) -> List[Tuple[str, str]]:
-    return [(topic, values[f'{key}_topic']) for key, topic in SENSOR_TOPICS.items()
-            if values[f'{key}_topic'] != '']
+    return [(topic, values[f'{key}_topic']) for key, topic in SENSOR_TOPICS.items() if values[f'{key}_topic'] != '']
 
 
 def node_arguments(values: Dict[str, str]) -> List[str]:
@@ -99,7 +111,13 @@ def ros_arguments(values: Dict[str, str]) -> List[str]:
     args += ['--params-file', params_file(values)]
     for name, value in parameter_overrides(values).items():
         # json quoting makes every string a YAML string (e.g. "0" stays a string)
-        text = json.dumps(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
+        text = (
+            json.dumps(value)
+            if isinstance(value, str)
+            else str(value).lower()
+            if isinstance(value, bool)
+            else str(value)
+        )
         args += ['-p', f'{name}:={text}']
     for source, target in remappings(values):
         args += ['-r', f'{source}:={target}']
@@ -109,14 +127,15 @@ def ros_arguments(values: Dict[str, str]) -> List[str]:
 
 def describe() -> str:
     width = max(len(arg.name) for arg in LAUNCH_ARGUMENTS)
-    return '\n'.join(f'  {arg.name:<{width}}  (default {arg.default!r})  {arg.description}'
-                     for arg in LAUNCH_ARGUMENTS)
+    return '\n'.join(f'  {arg.name:<{width}}  (default {arg.default!r})  {arg.description}' for arg in LAUNCH_ARGUMENTS)
 
 
 def markdown_table() -> str:
     rows = ['| argument | default | meaning |', '| --- | --- | --- |']
-    rows += [f'| `{arg.name}` | {f"`{arg.default}`" if arg.default else "(empty)"} | {arg.description} |'
-             for arg in LAUNCH_ARGUMENTS]
+    rows += [
+        f'| `{arg.name}` | {f"`{arg.default}`" if arg.default else "(empty)"} | {arg.description} |'
+        for arg in LAUNCH_ARGUMENTS
+    ]
     return '\n'.join(rows)
 
 

@@ -2,9 +2,10 @@
 
 The node declares exactly these (plus ROS's own `use_sim_time`);
 config/adatoken3d.yaml holds exactly these defaults and the README's table lists
-exactly these rows (both checked by tests/test_package_facts.py). Print the
+exactly these rows (both checked by tests/unit/test_package_facts.py). Print the
 README table with `python -m adatoken3d_node.parameters`.
 """
+
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -12,7 +13,7 @@ from typing import Any, Optional, Sequence
 @dataclass(frozen=True)
 class ParameterSpec:
     name: str
-    default: Any                     # its Python type is the parameter's type
+    default: Any  # its Python type is the parameter's type
     description: str
     choices: Optional[Sequence[str]] = None
     min_value: Optional[float] = None
@@ -32,85 +33,162 @@ class ParameterSpec:
 RELIABILITY_CHOICES = ('best_effort', 'reliable')
 
 PARAMETERS = (
-    ParameterSpec('fixed_frame', 'map',
-                  'Frame in which views are fused; frame_id of answers and metrics.'),
-    ParameterSpec('model_path', '',
-                  'LLaVA-3D checkpoint directory (config.json, *.safetensors, tokenizer files). Empty: the small '
-                  'scene LLaVA-3D shipped in models/scene-llava3d-tiny, trained on synthetic rooms of coloured '
-                  'boxes, spheres and cylinders (it knows nothing else).'),
-    ParameterSpec('vision_tower_path', '',
-                  "Local CLIP directory (LLaVA-3D's checkpoint does not hold the CLIP weights). Empty: the "
-                  "checkpoint's mm_vision_tower, which must then be a local directory."),
+    ParameterSpec('fixed_frame', 'map', 'Frame in which views are fused; frame_id of answers and metrics.'),
+    ParameterSpec(
+        'model_path',
+        '',
+        'LLaVA-3D checkpoint directory (config.json, *.safetensors, tokenizer files). Empty: the small '
+        'scene LLaVA-3D shipped in models/scene-llava3d-tiny, trained on synthetic rooms of coloured '
+        'boxes, spheres and cylinders (it knows nothing else).',
+    ),
+    ParameterSpec(
+        'vision_tower_path',
+        '',
+        "Local CLIP directory (LLaVA-3D's checkpoint does not hold the CLIP weights). Empty: the "
+        "checkpoint's mm_vision_tower, which must then be a local directory.",
+    ),
     ParameterSpec('device', 'auto', 'Where the model runs: auto (cuda when available), cpu, cuda, cuda:N.'),
-    ParameterSpec('dtype', 'auto', 'Model dtype: auto (float32 on cpu, bfloat16 on cuda), float32, float16, bfloat16.',
-                  choices=('auto', 'float32', 'float16', 'bfloat16')),
-    ParameterSpec('allow_pickle', False,
-                  'Also load pickle (.bin) weights. Off: only safetensors are read; never enable it for files you do not trust.'),
-    ParameterSpec('gating', 'none',
-                  'Spatial-token gating: none (dense) | auto (the calibrated profile of the loaded checkpoint) | '
-                  'schedule:L:r,... (keep r of the spatial tokens from layer L on) | mass:p[@L,...] (keep the '
-                  'fewest holding p of the attention) | fastv:K:r | random:L:r,...; a scored one (auto, schedule, '
-                  'mass, fastv) followed by ~question is scored by the attention of the question\'s tokens, not '
-                  'only the last token\'s'),
-    ParameterSpec('latency_budget_ms', 0.0,
-                  'Default per-query latency budget in ms, accept to answer; 0 = no budget. With a budget the node '
-                  'chooses the pruning per query (overriding gating) so that the predicted time fits; '
-                  'deadline_met is measured.', min_value=0.0),
-    ParameterSpec('budget_min_keep_ratio', 0.1,
-                  'With a latency budget, never keep fewer than this share of the spatial tokens (protects '
-                  'answer quality); a budget not reachable even then is answered late and reported.',
-                  min_value=0.001, max_value=1.0),
+    ParameterSpec(
+        'dtype',
+        'auto',
+        'Model dtype: auto (float32 on cpu, bfloat16 on cuda), float32, float16, bfloat16.',
+        choices=('auto', 'float32', 'float16', 'bfloat16'),
+    ),
+    ParameterSpec(
+        'allow_pickle',
+        False,
+        'Also load pickle (.bin) weights. Off: only safetensors are read; never enable it for files you do not trust.',
+    ),
+    ParameterSpec(
+        'gating',
+        'none',
+        'Spatial-token gating: none (dense) | auto (the calibrated profile of the loaded checkpoint) | '
+        'schedule:L:r,... (keep r of the spatial tokens from layer L on) | mass:p[@L,...] (keep the '
+        'fewest holding p of the attention) | fastv:K:r | random:L:r,...; a scored one (auto, schedule, '
+        'mass, fastv) followed by ~question is scored by the attention of the question\'s tokens, not '
+        'only the last token\'s',
+    ),
+    ParameterSpec(
+        'latency_budget_ms',
+        0.0,
+        'Default per-query latency budget in ms, accept to answer; 0 = no budget. With a budget the node '
+        'chooses the pruning per query (overriding gating) so that the predicted time fits; '
+        'deadline_met is measured.',
+        min_value=0.0,
+    ),
+    ParameterSpec(
+        'budget_min_keep_ratio',
+        0.1,
+        'With a latency budget, never keep fewer than this share of the spatial tokens (protects '
+        'answer quality); a budget not reachable even then is answered late and reported.',
+        min_value=0.001,
+        max_value=1.0,
+    ),
     ParameterSpec('max_new_tokens', 32, 'Default number of tokens generated per answer.', min_value=1),
-    ParameterSpec('temperature', 0.0, 'Decoding: 0 = greedy; > 0 samples (reproducibly, seeded per query number).',
-                  min_value=0.0),
-    ParameterSpec('top_p', 1.0, 'Nucleus for sampled decoding: sample among the tokens holding top_p of the probability.',
-                  min_value=1e-6, max_value=1.0),
+    ParameterSpec(
+        'temperature', 0.0, 'Decoding: 0 = greedy; > 0 samples (reproducibly, seeded per query number).', min_value=0.0
+    ),
+    ParameterSpec(
+        'top_p',
+        1.0,
+        'Nucleus for sampled decoding: sample among the tokens holding top_p of the probability.',
+        min_value=1e-6,
+        max_value=1.0,
+    ),
     ParameterSpec('max_new_tokens_limit', 512, 'Largest max_new_tokens a request may ask for.', min_value=1),
-    ParameterSpec('queue_size', 10, 'Queries waiting behind the one being answered; more are refused with a reason.',
-                  min_value=1, max_value=1000),
+    ParameterSpec(
+        'queue_size',
+        10,
+        'Queries waiting behind the one being answered; more are refused with a reason.',
+        min_value=1,
+        max_value=1000,
+    ),
     ParameterSpec('max_question_chars', 2000, 'Longer questions are refused with a reason.', min_value=1),
-    ParameterSpec('require_scene', True,
-                  'Refuse (with a reason) queries that arrive before any view is in the scene memory; false: '
-                  'answer them from the question alone.'),
-    ParameterSpec('max_point_distance_m', 1.0,
-                  'A question naming a point [x, y, z] farther than this from every spatial token is refused '
-                  '(the point is unknown to the scene).', min_value=0.0),
-    ParameterSpec('warmup', True, 'At configure, run one short answer (so the first query is not slow) and '
-                  'measure the cost model for latency budgets (a short sweep over prompt lengths).'),
-    ParameterSpec('depth_source', 'depth',
-                  'Where per-pixel depth comes from: depth (depth image + its camera_info) or points '
-                  '(PointCloud2 projected into the colour camera, the LiDAR + camera case).',
-                  choices=('depth', 'points')),
-    ParameterSpec('depth_scale', 0.0,
-                  'Metres per depth unit, overriding the encoding (16UC1 = mm, 32FC1 = m); 0 = by encoding.',
-                  min_value=0.0),
-    ParameterSpec('sync_slop_s', 0.05, 'Largest stamp difference between colour, depth and camera_info of one view.',
-                  min_value=0.0),
-    ParameterSpec('tf_timeout_s', 0.2,
-                  'How long a view waits for TF at its stamp before it is skipped (logged).', min_value=0.0),
-    ParameterSpec('tf_sync_backend', 'auto',
-                  'auto: tf2_ros and message_filters when importable (a ROS install), else the built-in '
-                  'equivalents; builtin: always the built-in ones.', choices=('auto', 'builtin')),
+    ParameterSpec(
+        'require_scene',
+        True,
+        'Refuse (with a reason) queries that arrive before any view is in the scene memory; false: '
+        'answer them from the question alone.',
+    ),
+    ParameterSpec(
+        'max_point_distance_m',
+        1.0,
+        'A question naming a point [x, y, z] farther than this from every spatial token is refused '
+        '(the point is unknown to the scene).',
+        min_value=0.0,
+    ),
+    ParameterSpec(
+        'warmup',
+        True,
+        'At configure, run one short answer (so the first query is not slow) and '
+        'measure the cost model for latency budgets (a short sweep over prompt lengths).',
+    ),
+    ParameterSpec(
+        'depth_source',
+        'depth',
+        'Where per-pixel depth comes from: depth (depth image + its camera_info) or points '
+        '(PointCloud2 projected into the colour camera, the LiDAR + camera case).',
+        choices=('depth', 'points'),
+    ),
+    ParameterSpec(
+        'depth_scale',
+        0.0,
+        'Metres per depth unit, overriding the encoding (16UC1 = mm, 32FC1 = m); 0 = by encoding.',
+        min_value=0.0,
+    ),
+    ParameterSpec(
+        'sync_slop_s',
+        0.05,
+        'Largest stamp difference between colour, depth and camera_info of one view.',
+        min_value=0.0,
+    ),
+    ParameterSpec(
+        'tf_timeout_s', 0.2, 'How long a view waits for TF at its stamp before it is skipped (logged).', min_value=0.0
+    ),
+    ParameterSpec(
+        'tf_sync_backend',
+        'auto',
+        'auto: tf2_ros and message_filters when importable (a ROS install), else the built-in '
+        'equivalents; builtin: always the built-in ones.',
+        choices=('auto', 'builtin'),
+    ),
     ParameterSpec('max_views', 20, 'Views kept in the scene memory (LLaVA-3D uses 20).', min_value=1),
-    ParameterSpec('keyframe_min_translation_m', 0.25, 'A new view is kept when the camera moved this far ...',
-                  min_value=0.0),
-    ParameterSpec('keyframe_min_rotation_deg', 15.0, '... or turned this much since the last kept view ...',
-                  min_value=0.0),
-    ParameterSpec('keyframe_max_interval_s', 10.0, '... or this much time passed (a still robot refreshes its memory).',
-                  min_value=0.0),
-    ParameterSpec('patch_xyz', 'auto',
-                  "3D position of a patch: nearest (LLaVA-3D: its top-left pixel), centre (its centre pixel), "
-                  "median (of its valid pixels), or auto: what the checkpoint was trained with (config.json "
-                  "adatoken3d_patch_xyz; nearest when it does not say).",
-                  choices=('auto', 'nearest', 'centre', 'median')),
-    ParameterSpec('voxel_size', 0.2, 'Edge of the voxels that pool patches into spatial tokens, metres.',
-                  min_value=0.01),
-    ParameterSpec('max_spatial_tokens', 2560,
-                  'Cap on spatial tokens; above it a deterministic farthest-point subset keeps coverage.', min_value=1),
+    ParameterSpec(
+        'keyframe_min_translation_m', 0.25, 'A new view is kept when the camera moved this far ...', min_value=0.0
+    ),
+    ParameterSpec(
+        'keyframe_min_rotation_deg', 15.0, '... or turned this much since the last kept view ...', min_value=0.0
+    ),
+    ParameterSpec(
+        'keyframe_max_interval_s',
+        10.0,
+        '... or this much time passed (a still robot refreshes its memory).',
+        min_value=0.0,
+    ),
+    ParameterSpec(
+        'patch_xyz',
+        'auto',
+        "3D position of a patch: nearest (LLaVA-3D: its top-left pixel), centre (its centre pixel), "
+        "median (of its valid pixels), or auto: what the checkpoint was trained with (config.json "
+        "adatoken3d_patch_xyz; nearest when it does not say).",
+        choices=('auto', 'nearest', 'centre', 'median'),
+    ),
+    ParameterSpec(
+        'voxel_size', 0.2, 'Edge of the voxels that pool patches into spatial tokens, metres.', min_value=0.01
+    ),
+    ParameterSpec(
+        'max_spatial_tokens',
+        2560,
+        'Cap on spatial tokens; above it a deterministic farthest-point subset keeps coverage.',
+        min_value=1,
+    ),
     ParameterSpec('publish_scene', True, 'Publish ~/scene_points and ~/scene_tokens when the memory changes.'),
-    ParameterSpec('sensor_qos_reliability', 'best_effort',
-                  'Reliability of the sensor subscriptions (REP-2003 sensor data QoS is best_effort).',
-                  choices=RELIABILITY_CHOICES),
+    ParameterSpec(
+        'sensor_qos_reliability',
+        'best_effort',
+        'Reliability of the sensor subscriptions (REP-2003 sensor data QoS is best_effort).',
+        choices=RELIABILITY_CHOICES,
+    ),
     ParameterSpec('sensor_qos_depth', 5, 'History depth of the sensor subscriptions (keep last).', min_value=1),
     ParameterSpec('diagnostics_period_s', 1.0, 'Period of the /diagnostics status.', min_value=0.05),
 )
@@ -135,8 +213,9 @@ def coerce(name: str, text: str) -> Any:
     try:
         return parse_bool(text) if kind is bool else kind(text)
     except ValueError as error:
-        raise ValueError(f'{name}: {error}' if kind is bool else
-                         f'{name} takes a {kind.__name__}, not {text!r}') from None
+        raise ValueError(
+            f'{name}: {error}' if kind is bool else f'{name} takes a {kind.__name__}, not {text!r}'
+        ) from None
 
 
 def markdown_table() -> str:

@@ -1,49 +1,120 @@
 """From a queued query to an answer and its report: a snapshot of the scene memory, then LLaVA-3D. ROS-free.
 
+    build_engine(config)    what the node's configure transition builds from its parameters: the model,
+                            the scene front end, the pipeline, the query worker (warmed up), or one
+                            ConfigureError saying why not
+    AnswerPipeline          admission checks against the scene memory, then one query's answer and report
+
 With a latency budget the pruning is chosen per query by the budget controller (budget.py): the
 least pruning predicted to finish in the time the budget has left once the query leaves the queue
 and the scene snapshot is taken. Every answered query, budgeted or not, updates the cost model.
 """
+
+import gc
 import time
-from typing import Optional
+from dataclasses import dataclass
+from typing import Dict, Optional
 
 import numpy as np
+import torch
 
-from .budget import BudgetController, Observation, prefill_features
-from .model.gating import GatingPolicy
+from . import parameters
+from .budget import BudgetController, CostModel, Observation, budget_schedule, prefill_features
+from .model.device import now
+from .model.gating_policy import GatingPolicy, parse_gating
+from .model.llava3d import parse_locations
+from .model.loader import ModelLoadError
+from .model.profiles import resolve_gating
 from .model.scene_qa import SceneAnswerer
-from .perception.frontend import SceneFrontEnd
-from .queries import QueryJob, QueryOutcome, QueryReport
+from .perception.frontend import FrontEndConfig, SceneFrontEnd
+from .perception.keyframes import KeyframePolicy
+from .queries import NOT_ACCEPTING, QueryJob, QueryLimits, QueryOutcome, QueryReport, QueryWorker, resolve_request
+from .share import default_model_dir
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What the scene memory must hold before a question is answered (node parameters)."""
+
+    require_scene: bool = True
+    max_point_distance_m: float = 1.0
+    fixed_frame: str = 'map'
 
 
 class AnswerPipeline:
-    def __init__(self, answerer: SceneAnswerer, frontend: SceneFrontEnd, policy: GatingPolicy,
-                 temperature: float = 0.0, top_p: float = 1.0, budget: Optional[BudgetController] = None):
+    def __init__(
+        self,
+        answerer: SceneAnswerer,
+        frontend: SceneFrontEnd,
+        policy: GatingPolicy,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        budget: Optional[BudgetController] = None,
+        admission: Admission = Admission(),
+    ):
         self.answerer = answerer
         self.frontend = frontend
         self.policy = policy
         self.temperature = temperature
         self.top_p = top_p
         self.budget = budget
+        self.admission = admission
         self.last_keep_ratio: Optional[float] = None
+
+    def admission_problem(self, question: str) -> Optional[str]:
+        """Why the scene memory cannot answer this question yet, or None."""
+        rules = self.admission
+        if len(self.frontend.memory) == 0:
+            if rules.require_scene:
+                return (
+                    'no usable view of the scene yet (0 views in memory): check the camera topics, '
+                    'camera_info and TF in /diagnostics (views.*, problems.*, tf_frames)'
+                )
+            return None
+        _, points = parse_locations(question)
+        if points:
+            centres = self.frontend.scene().tokens.centres.numpy()
+            for point in points:
+                distance = float(np.linalg.norm(centres - np.array(point), axis=1).min()) if len(centres) else np.inf
+                if distance > rules.max_point_distance_m:
+                    return (
+                        f'the point {list(point)} is {distance:.1f} m from anything in the scene memory '
+                        f'(max_point_distance_m={rules.max_point_distance_m}); is it in '
+                        f'{rules.fixed_frame} coordinates?'
+                    )
+        return None
 
     def answer(self, job: QueryJob) -> QueryOutcome:
         start = time.perf_counter()
-        scene = self.frontend.scene()   # a consistent snapshot: sensors keep writing meanwhile
+        scene = self.frontend.scene()  # a consistent snapshot: sensors keep writing meanwhile
         scene_ms = (time.perf_counter() - start) * 1e3
         policy, decision, label = self.policy, None, None
         if job.latency_budget_ms > 0 and self.budget is not None:
-            spent_ms = (time.monotonic() - job.accepted_at) * 1e3          # queue + scene snapshot
-            decision = self.budget.decide(job.latency_budget_ms - spent_ms, self.answerer.text_tokens(job.question),
-                                          scene.num_tokens, job.max_new_tokens)
+            spent_ms = (time.monotonic() - job.accepted_at) * 1e3  # queue + scene snapshot
+            decision = self.budget.decide(
+                job.latency_budget_ms - spent_ms,
+                self.answerer.text_tokens(job.question),
+                scene.num_tokens,
+                job.max_new_tokens,
+            )
             policy = self.answerer.policy(decision.policy_text)
             self.last_keep_ratio = decision.keep_ratio
-            label = (f'budget {job.latency_budget_ms:.0f} ms: keep {decision.keep_ratio:.2f}, predicted '
-                     f'{spent_ms + decision.predicted_ms:.0f} ms'
-                     + ('' if decision.fits else ' (floor; the budget is predicted to be missed)'))
-        result = self.answerer.answer(job.question, scene, policy, job.max_new_tokens,
-                                      on_token=job.on_token, should_stop=job.should_stop,
-                                      temperature=self.temperature, top_p=self.top_p, seed=job.seq)
+            label = (
+                f'budget {job.latency_budget_ms:.0f} ms: keep {decision.keep_ratio:.2f}, predicted '
+                f'{spent_ms + decision.predicted_ms:.0f} ms'
+                + ('' if decision.fits else ' (floor; the budget is predicted to be missed)')
+            )
+        result = self.answerer.answer(
+            job.question,
+            scene,
+            policy,
+            job.max_new_tokens,
+            on_token=job.on_token,
+            should_stop=job.should_stop,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            seed=job.seq,
+        )
         self._learn(result, decision)
         report = QueryReport(
             scene_ms=scene_ms,
@@ -57,7 +128,9 @@ class AnswerPipeline:
             generated_tokens=len(result.token_ids),
             prefill_flops_dense=result.prefill_flops_dense,
             prefill_flops=result.prefill_flops,
-            flops_reduction=1.0 - result.prefill_flops / result.prefill_flops_dense if result.prefill_flops_dense else 0.0,
+            flops_reduction=1.0 - result.prefill_flops / result.prefill_flops_dense
+            if result.prefill_flops_dense
+            else 0.0,
             gating=f'{label}, {result.gating}' if label else result.gating,
             scene_stamp_ns=scene.newest_stamp_ns,
         )
@@ -71,9 +144,174 @@ class AnswerPipeline:
             return
         cost = self.budget.cost
         generated = len(result.token_ids)
-        cost.add(Observation(prefill_features(cost.shape, result.tokens_per_layer), result.prefill_ms,
-                             max(generated - 1, 0), float(np.mean(result.tokens_per_layer)) + generated / 2,
-                             result.decode_ms))
+        cost.add(
+            Observation(
+                prefill_features(cost.shape, result.tokens_per_layer),
+                result.prefill_ms,
+                max(generated - 1, 0),
+                float(np.mean(result.tokens_per_layer)) + generated / 2,
+                result.decode_ms,
+            )
+        )
         cost.add_vision_time(result.vision_ms)
         if decision is not None:
             cost.record_error(decision.predicted_model_ms, result.prefill_ms + result.decode_ms)
+
+
+def warmup_sweep(
+    answerer, cost: CostModel, max_spatial: int, text_tokens: int = 100, new_tokens: int = 4, points: int = 4
+) -> None:
+    """Measure the loaded model on this device: dense and pruned prefills of synthetic prompts of a few
+    lengths up to max_spatial spatial tokens, a few decode steps each, and the vision tower on 1 and 2
+    views; fill `cost` from what was measured (configure time, so the first query is predicted too)."""
+    model, gated = answerer.model, answerer.gated
+    L = cost.shape.num_layers
+    hidden = model.language_model.config.hidden_size
+    generator = torch.Generator().manual_seed(0)
+    lengths = sorted({max(1, int(max_spatial * (i + 1) / points)) for i in range(points)})
+    with torch.inference_mode():
+        for spatial in lengths:
+            embeds = (torch.randn(1, text_tokens + spatial, hidden, generator=generator) * 0.02).to(
+                device=model.device, dtype=model.dtype
+            )
+            mask = torch.zeros(text_tokens + spatial, dtype=torch.bool, device=model.device)
+            mask[text_tokens // 2 : text_tokens // 2 + spatial] = True
+            for ratio in (1.0, 0.5, 0.25, 0.1):
+                policy = parse_gating('none' if ratio == 1.0 else budget_schedule(L, ratio), L)
+                ids, pre, decode_ms = gated.generate(embeds, mask, policy, new_tokens)
+                cost.add(
+                    Observation(
+                        prefill_features(cost.shape, pre.tokens_per_layer),
+                        pre.prefill_ms,
+                        len(ids) - 1,
+                        float(np.mean(pre.tokens_per_layer)) + len(ids) / 2,
+                        decode_ms,
+                    )
+                )
+        # the typical query sees one new keyframe: the vision tower on one view
+        images = torch.zeros(1, model.image_size, model.image_size, 3, dtype=torch.uint8)
+        start = now(model.device)
+        model.image_features(images)
+        cost.add_vision_time((now(model.device) - start) * 1e3)
+
+
+class ConfigureError(Exception):
+    """The node cannot be configured with these parameters; the message says why and what to change."""
+
+
+@dataclass
+class QueryEngine:
+    """What configure builds: answers queries on its worker thread until released."""
+
+    pipeline: AnswerPipeline
+    worker: QueryWorker
+    model_path: str  # the checkpoint loaded (model_path, or the shipped model)
+    gating: str  # the policy run when a query has no budget, canonical text
+    limits: QueryLimits
+
+    def submit(
+        self,
+        question: str,
+        latency_budget_ms: float,
+        max_new_tokens: int,
+        on_done,
+        on_token=None,
+        should_stop=lambda: False,
+    ) -> str:
+        """Check a request (its limits, the lifecycle state, the scene memory) and queue it; '' when queued,
+        otherwise why it was refused (on_done is then not called)."""
+        error, text, budget, max_new = resolve_request(question, latency_budget_ms, max_new_tokens, self.limits)
+        if error is None and not self.worker.is_open:
+            error = NOT_ACCEPTING
+        if error is None:
+            error = self.pipeline.admission_problem(text)
+        if error is None:
+            _, error = self.worker.submit(text, budget, max_new, on_done, on_token, should_stop)
+        return error or ''
+
+    @property
+    def answerer(self) -> SceneAnswerer:
+        return self.pipeline.answerer
+
+    @property
+    def frontend(self) -> SceneFrontEnd:
+        return self.pipeline.frontend
+
+    def release(self) -> None:
+        """Stop the worker (after the queued queries) and free the model, and GPU memory."""
+        self.worker.stop()
+        on_cuda = self.answerer.device.type == 'cuda'
+        self.pipeline = None
+        gc.collect()
+        if on_cuda:
+            torch.cuda.empty_cache()
+
+
+def build_engine(config: Dict[str, object]) -> QueryEngine:
+    """Check the parameters, load the model, build the front end, pipeline and worker, and warm them up.
+
+    config: every parameter in parameters.PARAMETERS by name. Raises ConfigureError.
+    """
+    problems = [p for p in (parameters.BY_NAME[n].validate(v) for n, v in config.items()) if p]
+    if problems:
+        raise ConfigureError('invalid parameters: ' + '; '.join(problems))
+    model_path = config['model_path'] or str(default_model_dir())
+    try:
+        answerer = SceneAnswerer.load(
+            model_path,
+            config['vision_tower_path'],
+            device=config['device'],
+            dtype=config['dtype'],
+            allow_pickle=config['allow_pickle'],
+        )
+    except (ModelLoadError, ValueError, OSError) as error:
+        raise ConfigureError(f'the model did not load: {error}') from None
+    try:
+        policy = answerer.policy(resolve_gating(config['gating'], model_path))
+    except ValueError as error:
+        raise ConfigureError(str(error)) from None
+    model = answerer.model
+    frontend = SceneFrontEnd(
+        FrontEndConfig.for_model(
+            model,
+            patch_xyz=model.patch_xyz if config['patch_xyz'] == 'auto' else config['patch_xyz'],
+            voxel_size=config['voxel_size'],
+            max_spatial_tokens=config['max_spatial_tokens'],
+            keyframes=KeyframePolicy(
+                max_views=config['max_views'],
+                min_translation_m=config['keyframe_min_translation_m'],
+                min_rotation_deg=config['keyframe_min_rotation_deg'],
+                max_interval_s=config['keyframe_max_interval_s'],
+            ),
+        )
+    )
+    cost = CostModel(answerer.gated.shape)
+    pipeline = AnswerPipeline(
+        answerer,
+        frontend,
+        policy,
+        config['temperature'],
+        config['top_p'],
+        BudgetController(cost, config['budget_min_keep_ratio'], policy.raters),
+        Admission(config['require_scene'], config['max_point_distance_m'], config['fixed_frame']),
+    )
+    engine = QueryEngine(
+        pipeline,
+        QueryWorker(pipeline.answer, capacity=config['queue_size']),
+        model_path,
+        str(policy),
+        QueryLimits.from_parameters(config),
+    )
+    if config['warmup']:
+        frontend.warmup()
+
+        def warm_up() -> None:
+            answerer.warmup(frontend.scene())
+            warmup_sweep(answerer, cost, config['max_spatial_tokens'])
+
+        try:
+            engine.worker.call(warm_up)  # on the thread that will answer, so the timings are its own
+        except Exception as error:  # e.g. out of GPU memory on the first real forward
+            engine.release()
+            raise ConfigureError(f'the model did not run: {type(error).__name__}: {error}') from None
+    return engine

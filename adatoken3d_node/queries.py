@@ -4,6 +4,7 @@ ROS-free. The node's service and action callbacks only validate and submit;
 one worker thread answers queries one at a time in arrival order, so inference
 never runs in an executor callback and never competes with itself for the GPU.
 """
+
 import itertools
 import math
 import queue
@@ -16,6 +17,7 @@ from typing import Callable, Optional, Tuple
 @dataclass
 class QueryReport:
     """Everything QueryMetrics carries, without ROS types (times in ms, stamps in ns)."""
+
     query_id: str = ''
     latency_budget_ms: float = 0.0
     deadline_met: bool = True
@@ -52,10 +54,10 @@ class QueryJob:
     question: str
     latency_budget_ms: float
     max_new_tokens: int
-    accepted_at: float                                   # time.monotonic() at accept
+    accepted_at: float  # time.monotonic() at accept
     on_done: Callable[[QueryOutcome], None]
-    on_token: Optional[Callable[[str, int], None]] = None   # (partial answer, tokens so far)
-    should_stop: Callable[[], bool] = lambda: False      # e.g. the action goal was cancelled
+    on_token: Optional[Callable[[str, int], None]] = None  # (partial answer, tokens so far)
+    should_stop: Callable[[], bool] = lambda: False  # e.g. the action goal was cancelled
 
     @property
     def query_id(self) -> str:
@@ -65,13 +67,24 @@ class QueryJob:
 @dataclass(frozen=True)
 class QueryLimits:
     max_question_chars: int
-    max_new_tokens: int          # used when a request says 0
+    max_new_tokens: int  # used when a request says 0
     max_new_tokens_limit: int
-    latency_budget_ms: float     # used when a request says 0
+    latency_budget_ms: float  # used when a request says 0
+
+    @classmethod
+    def from_parameters(cls, config) -> 'QueryLimits':
+        """From the node's parameters by name (parameters.PARAMETERS)."""
+        return cls(
+            config['max_question_chars'],
+            config['max_new_tokens'],
+            config['max_new_tokens_limit'],
+            config['latency_budget_ms'],
+        )
 
 
-def resolve_request(question: str, latency_budget_ms: float, max_new_tokens: int,
-                    limits: QueryLimits) -> Tuple[Optional[str], str, float, int]:
+def resolve_request(
+    question: str, latency_budget_ms: float, max_new_tokens: int, limits: QueryLimits
+) -> Tuple[Optional[str], str, float, int]:
     """Check a request and fill in the node's defaults.
 
     Returns (error or None, stripped question, budget ms, max new tokens).
@@ -80,57 +93,114 @@ def resolve_request(question: str, latency_budget_ms: float, max_new_tokens: int
     if not text:
         return 'the question is empty', text, 0.0, 0
     if len(question) > limits.max_question_chars:
-        return (f'the question has {len(question)} characters, more than max_question_chars='
-                f'{limits.max_question_chars}', text, 0.0, 0)
+        return (
+            f'the question has {len(question)} characters, more than max_question_chars={limits.max_question_chars}',
+            text,
+            0.0,
+            0,
+        )
     if not math.isfinite(latency_budget_ms) or latency_budget_ms < 0:
         return f'latency_budget_ms must be >= 0 (0 = the node default), got {latency_budget_ms}', text, 0.0, 0
     if max_new_tokens > limits.max_new_tokens_limit:
-        return (f'max_new_tokens={max_new_tokens} is above max_new_tokens_limit='
-                f'{limits.max_new_tokens_limit}', text, 0.0, 0)
+        return (
+            f'max_new_tokens={max_new_tokens} is above max_new_tokens_limit={limits.max_new_tokens_limit}',
+            text,
+            0.0,
+            0,
+        )
     budget = latency_budget_ms or limits.latency_budget_ms
     return None, text, budget, max_new_tokens or limits.max_new_tokens
 
 
-class QueryWorker:
-    """A bounded FIFO of queries and the one thread that answers them."""
+NOT_ACCEPTING = 'the node is not active (lifecycle state); activate it to ask questions'
 
-    def __init__(self, answer: Callable[[QueryJob], QueryOutcome], capacity: int,
-                 name: str = 'adatoken3d-query-worker'):
+
+class QueryWorker:
+    """A bounded FIFO of queries and the one thread that answers them.
+
+    It accepts queries only while open (the node's active state); closing it refuses new ones and
+    lets the queued ones finish (drain).
+    """
+
+    def __init__(
+        self, answer: Callable[[QueryJob], QueryOutcome], capacity: int, name: str = 'adatoken3d-query-worker'
+    ):
         self._answer = answer
-        self._queue: 'queue.Queue' = queue.Queue(maxsize=capacity)   # QueryJob, a call() or None (stop)
+        self._open = False
+        self._queue: 'queue.Queue' = queue.Queue(maxsize=capacity)  # QueryJob, a call() or None (stop)
         self._capacity = capacity
         self._submit_lock = threading.Lock()
         self._seq = itertools.count(1)
-        self._busy = False
+        self._unfinished = 0  # accepted queries not yet finished
+        self._idle = threading.Condition()  # guards _unfinished; notified whenever a query finishes
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     @property
     def depth(self) -> int:
         """Queries accepted and not yet finished (waiting plus the one running)."""
-        return self._queue.qsize() + int(self._busy)
+        return self._unfinished
 
-    def submit(self, question: str, latency_budget_ms: float, max_new_tokens: int,
-               on_done: Callable[[QueryOutcome], None],
-               on_token: Optional[Callable[[str, int], None]] = None,
-               should_stop: Callable[[], bool] = lambda: False) -> Tuple[Optional[QueryJob], str]:
-        """Queue a query; returns (job, '') or (None, reason) when the queue is full."""
+    @property
+    def is_open(self) -> bool:
+        return self._open
+
+    def open(self) -> None:
+        self._open = True
+
+    def close(self) -> None:
+        """Refuse new queries; the queued ones are still answered."""
+        self._open = False
+
+    def drain(self, timeout_s: float) -> int:
+        """Wait until every accepted query has finished, at most timeout_s; returns how many are left."""
+        deadline = time.monotonic() + timeout_s
+        with self._idle:
+            self._idle.wait_for(lambda: self.depth == 0, max(0.0, deadline - time.monotonic()))
+            return self.depth
+
+    def submit(
+        self,
+        question: str,
+        latency_budget_ms: float,
+        max_new_tokens: int,
+        on_done: Callable[[QueryOutcome], None],
+        on_token: Optional[Callable[[str, int], None]] = None,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> Tuple[Optional[QueryJob], str]:
+        """Queue a query; returns (job, '') or (None, reason) when closed or the queue is full."""
         # Numbering and enqueueing under one lock: query ids follow arrival order.
         with self._submit_lock:
-            job = QueryJob(next(self._seq), question, latency_budget_ms, max_new_tokens,
-                           time.monotonic(), on_done, on_token, should_stop)
+            if not self._open:
+                return None, NOT_ACCEPTING
+            job = QueryJob(
+                next(self._seq),
+                question,
+                latency_budget_ms,
+                max_new_tokens,
+                time.monotonic(),
+                on_done,
+                on_token,
+                should_stop,
+            )
+            with self._idle:
+                self._unfinished += 1  # before the put: the worker may finish it at once
             try:
                 self._queue.put_nowait(job)
             except queue.Full:
-                return None, (f'the query queue is full ({self._capacity} waiting, queue_size='
-                              f'{self._capacity}); retry later or raise queue_size')
+                with self._idle:
+                    self._unfinished -= 1
+                return None, (
+                    f'the query queue is full ({self._capacity} waiting, queue_size='
+                    f'{self._capacity}); retry later or raise queue_size'
+                )
         return job, ''
 
     def call(self, fn: Callable[[], object], timeout: Optional[float] = None) -> object:
         """Run fn on the worker thread and return its result (for model warm-up at configure).
 
-        Torch work is slower on a thread that did not warm it up (measured: pruned prefills ~15%),
-        so everything that times the model runs where the queries will run.
+        Torch work is slower on a thread that did not warm it up, so everything that times the model
+        runs where the queries will run.
         """
         done, box = threading.Event(), {}
 
@@ -158,10 +228,9 @@ class QueryWorker:
             job = self._queue.get()
             if job is None:
                 return
-            if not isinstance(job, QueryJob):   # a call() from the node, e.g. the warm-up
+            if not isinstance(job, QueryJob):  # a call() from the node, e.g. the warm-up
                 job()
                 continue
-            self._busy = True
             started = time.monotonic()
             if job.should_stop():
                 outcome = QueryOutcome(False, error='cancelled before it started', cancelled=True)
@@ -177,8 +246,10 @@ class QueryWorker:
             report.queue_ms = (started - job.accepted_at) * 1e3
             report.total_ms = (finished - job.accepted_at) * 1e3
             report.deadline_met = job.latency_budget_ms <= 0 or report.total_ms <= job.latency_budget_ms
-            self._busy = False
             try:
                 job.on_done(outcome)
             except Exception:
                 pass  # a client that went away must not stop the worker
+            with self._idle:
+                self._unfinished -= 1
+                self._idle.notify_all()

@@ -10,6 +10,7 @@ to the colour camera when needed and offers the posed view to the scene
 memory. Every kind of bad input is logged once per period and counted; the
 view is skipped, never guessed.
 """
+
 import collections
 import threading
 from dataclasses import dataclass
@@ -18,20 +19,26 @@ from typing import Callable, Dict, Optional
 import numpy as np
 
 from . import names
-from .perception.messages import (MessageFormatError, camera_info_to_model, depth_to_metres, image_to_rgb,
-                                  pointcloud_to_xyz)
+from .perception.messages import (
+    MessageFormatError,
+    camera_info_to_model,
+    depth_to_metres,
+    image_to_rgb,
+    pointcloud_to_xyz,
+)
 from .perception.frontend import SceneFrontEnd
 from .perception.reproject import points_to_depth, reproject_depth
 from .perception.tf_buffer import TransformError
 from .stats import ProblemLog, RateMeter
 
-TIME_JUMP_BACK_S = 1.0   # TF older than the newest by this much: the clock went back (looped bag)
-PENDING_SETS = 4         # synchronised sets waiting for the perception thread (~130 ms at 30 Hz)
+TIME_JUMP_BACK_S = 1.0  # TF older than the newest by this much: the clock went back (looped bag)
+PENDING_SETS = 4  # synchronised sets waiting for the perception thread (~130 ms at 30 Hz)
 
 
 def sync_keys(depth_source: str):
-    """The inputs paired into one view."""
-    return ('color', 'color_info', *(('depth', 'depth_info') if depth_source == 'depth' else ('points',)))
+    """The inputs paired into one view (keys of names.SENSOR_TOPICS)."""
+    depth = ('depth_image', 'depth_info') if depth_source == 'depth' else ('points',)
+    return ('color_image', 'color_info', *depth)
 
 
 def stamp_ns(header) -> int:
@@ -41,17 +48,35 @@ def stamp_ns(header) -> int:
 @dataclass(frozen=True)
 class SensorConfig:
     fixed_frame: str
-    depth_source: str        # 'depth' | 'points'
-    depth_scale: float       # 0: by encoding
+    depth_source: str  # 'depth' | 'points'
+    depth_scale: float  # 0: by encoding
     sync_slop_s: float
     tf_timeout_s: float
+
+    @classmethod
+    def from_parameters(cls, config) -> 'SensorConfig':
+        """From the node's parameters by name (parameters.PARAMETERS)."""
+        return cls(
+            config['fixed_frame'],
+            config['depth_source'],
+            config['depth_scale'],
+            config['sync_slop_s'],
+            config['tf_timeout_s'],
+        )
 
 
 class SensorPipeline:
     """Feeds a SceneFrontEnd from ROS messages; thread-safe, ROS-typed at its edges only."""
 
-    def __init__(self, frontend: SceneFrontEnd, config: SensorConfig, logger, tf, sync,
-                 on_view_kept: Optional[Callable[[], None]] = None):
+    def __init__(
+        self,
+        frontend: SceneFrontEnd,
+        config: SensorConfig,
+        logger,
+        tf,
+        sync,
+        on_view_kept: Optional[Callable[[], None]] = None,
+    ):
         """tf: a TransformBuffer (or ros_backends.Tf2RosBuffer); sync: an ApproximateTimeSync (or
         ros_backends.MessageFiltersSync) over sync_keys(config.depth_source)."""
         self.frontend = frontend
@@ -73,11 +98,9 @@ class SensorPipeline:
     # ---------------------------------------------------------------- callbacks (executor threads)
     def on_sensor(self, key: str, msg) -> None:
         self.rates[key].tick(stamp_ns(msg.header))
-        sync_key = {'color_image': 'color', 'color_info': 'color_info', 'depth_image': 'depth',
-                    'depth_info': 'depth_info', 'points': 'points'}[key]
-        if sync_key not in self.sync.keys:
+        if key not in self.sync.keys:
             return
-        for matched in self.sync.add(sync_key, stamp_ns(msg.header), msg):
+        for matched in self.sync.add(key, stamp_ns(msg.header), msg):
             with self._wake:
                 if len(self._pending) == self._pending.maxlen:
                     self.counters['stale_sets_dropped'] += 1
@@ -90,19 +113,28 @@ class SensorPipeline:
             stamp = stamp_ns(transform.header)
             newest = self._newest_tf_ns
             if not static and newest is not None and stamp < newest - TIME_JUMP_BACK_S * 1e9:
-                self._report('time_jump', f'/tf stamp {stamp / 1e9:.3f} s is {(newest - stamp) / 1e9:.1f} s '
-                             'older than the newest: time went backwards (looped bag or restarted clock); '
-                             'clearing the TF buffer, the time sync and the scene memory')
+                self._report(
+                    'time_jump',
+                    f'/tf stamp {stamp / 1e9:.3f} s is {(newest - stamp) / 1e9:.1f} s '
+                    'older than the newest: time went backwards (looped bag or restarted clock); '
+                    'clearing the TF buffer, the time sync and the scene memory',
+                )
                 self.tf.clear()
-                self.sync.clear()   # it would drop the new timeline's messages as late
+                self.sync.clear()  # it would drop the new timeline's messages as late
                 self.frontend.memory.clear()
                 self._newest_tf_ns = None
             if not static:
                 self._newest_tf_ns = max(stamp, self._newest_tf_ns or stamp)
             t, q = transform.transform.translation, transform.transform.rotation
             try:
-                self.tf.set_transform(transform.header.frame_id, transform.child_frame_id, stamp,
-                                      (t.x, t.y, t.z), (q.x, q.y, q.z, q.w), static=static)
+                self.tf.set_transform(
+                    transform.header.frame_id,
+                    transform.child_frame_id,
+                    stamp,
+                    (t.x, t.y, t.z),
+                    (q.x, q.y, q.z, q.w),
+                    static=static,
+                )
             except ValueError as error:
                 self._report('bad_tf', f'/tf{"_static" if static else ""}: {error}')
 
@@ -124,21 +156,26 @@ class SensorPipeline:
                 self._report(f'error:{type(error).__name__}', f'view skipped: {type(error).__name__}: {error}')
 
     def _process(self, matched: dict) -> None:
-        color, info = matched['color'], matched['color_info']
+        color, info = matched['color_image'], matched['color_info']
         stamp = stamp_ns(color.header)
         rgb = image_to_rgb(color, names.SENSOR_TOPICS['color_image'])
         camera = camera_info_to_model(info, names.SENSOR_TOPICS['color_info'])
         if camera.has_distortion:
-            self._report('distortion', f'{names.SENSOR_TOPICS["color_info"]}: {camera.distortion_model} distortion '
-                         f'{np.round(camera.D, 4).tolist()} is ignored (views are treated as pinhole); '
-                         'publish rectified images for exact geometry')
+            self._report(
+                'distortion',
+                f'{names.SENSOR_TOPICS["color_info"]}: {camera.distortion_model} distortion '
+                f'{np.round(camera.D, 4).tolist()} is ignored (views are treated as pinhole); '
+                'publish rectified images for exact geometry',
+            )
         if (camera.height, camera.width) != rgb.shape[:2]:
-            raise MessageFormatError(f'camera_info is {camera.width}x{camera.height} but the image is '
-                                     f'{rgb.shape[1]}x{rgb.shape[0]}', names.SENSOR_TOPICS['color_info'])
+            raise MessageFormatError(
+                f'camera_info is {camera.width}x{camera.height} but the image is {rgb.shape[1]}x{rgb.shape[0]}',
+                names.SENSOR_TOPICS['color_info'],
+            )
         color_frame = color.header.frame_id
         timeout = self.config.tf_timeout_s
         if self.config.depth_source == 'depth':
-            depth_msg = matched['depth']
+            depth_msg = matched['depth_image']
             depth = depth_to_metres(depth_msg, names.SENSOR_TOPICS['depth_image'], self.config.depth_scale or None)
             if depth_msg.header.frame_id != color_frame or depth.shape != rgb.shape[:2]:
                 # not registered to the colour camera: move every depth pixel into it

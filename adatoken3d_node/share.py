@@ -1,4 +1,5 @@
 """Files the package ships (config/, launch/, models/): the installed share directory, else the source tree."""
+
 import pathlib
 from typing import List
 
@@ -14,6 +15,7 @@ def share_candidates(relative) -> List[pathlib.Path]:
     places = []
     try:
         from ament_index_python.packages import get_package_share_directory
+
         places.append(pathlib.Path(get_package_share_directory(PACKAGE)) / relative)
     except Exception:  # not installed in an ament index: running from the source tree
         pass

@@ -1,4 +1,5 @@
 """Small running statistics for /diagnostics: message rates and latency percentiles. ROS-free."""
+
 import collections
 import threading
 import time
@@ -62,13 +63,15 @@ class LatencyStats:
                 return {}
             totals = np.array([s[0] for s in self._samples])
             hits = np.array([s[1] for s in self._samples])
-        return {'latency_p50_ms': float(np.percentile(totals, 50)),
-                'latency_p95_ms': float(np.percentile(totals, 95)),
-                'latency_max_ms': float(totals.max()),
-                'deadline_hit_rate': float(hits.mean())}
+        return {
+            'latency_p50_ms': float(np.percentile(totals, 50)),
+            'latency_p95_ms': float(np.percentile(totals, 95)),
+            'latency_max_ms': float(totals.max()),
+            'deadline_hit_rate': float(hits.mean()),
+        }
 
 
-PROBLEM_LOG_PERIOD_S = 10.0   # each kind of bad input is logged at most once in this long
+PROBLEM_LOG_PERIOD_S = 10.0  # each kind of bad input is logged at most once in this long
 
 
 class ProblemLog:

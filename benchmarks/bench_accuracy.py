@@ -13,23 +13,24 @@ Every scored policy but two FastV points also runs with the question's tokens as
 
 Writes benchmarks/results/accuracy.json and benchmarks/results/accuracy.png.
 """
+
 import argparse
 import pathlib
 import sys
 import time
 
-from adatoken3d_node.model.calibrate import profile_candidates, resolve_gating
+from adatoken3d_node.model.profiles import profile_candidates, resolve_gating
 from adatoken3d_node.model.scene_qa import SceneAnswerer
 from adatoken3d_node.perception.frontend import FrontEndConfig
 from adatoken3d_node.share import default_model_dir
-from adatoken3d_node.training import questions
-from adatoken3d_node.training.dataset import render_split
-from adatoken3d_node.training.evaluate import evaluate
+from adatoken3d_lab.training import questions
+from adatoken3d_lab.training.dataset import render_split
+from adatoken3d_lab.training.evaluate import evaluate
 
 from .common import RESULTS, machine, write_results
 
 MASS_P = (0.3, 0.5, 0.7, 0.8, 0.9)
-QUESTION = '_question'   # label suffix of a policy scored by the question's tokens
+QUESTION = '_question'  # label suffix of a policy scored by the question's tokens
 
 
 def policies(num_layers: int, model_path) -> dict:
@@ -44,7 +45,7 @@ def policies(num_layers: int, model_path) -> dict:
     out['fastv_k2_50'] = 'fastv:2:0.5'
     out['fastv_k2_25'] = 'fastv:2:0.25'
     out['fastv_k1_15'] = 'fastv:1:0.15'
-    out['random_schedule'] = 'random' + schedule[len('schedule'):]
+    out['random_schedule'] = 'random' + schedule[len('schedule') :]
     out['random_k1_15'] = 'random:1:0.15'
     # Two or three spatial tokens left from layer 1 on: what layer 0 alone reads of the scene. Where this
     # scores like dense, no cut at layer 1 or later can tell a good policy from a bad one.
@@ -57,12 +58,19 @@ def policies(num_layers: int, model_path) -> dict:
 
 def plot(results: dict, path: pathlib.Path) -> None:
     import matplotlib
+
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
     rows = results['policies']
-    kinds = {'dense': ('k', 'o'), 'adatoken': ('C0', 's'), 'calibrated': ('C0', '*'), 'mass': ('C2', 'D'),
-             'fastv': ('C1', '^'), 'random': ('C3', 'x')}
+    kinds = {
+        'dense': ('k', 'o'),
+        'adatoken': ('C0', 's'),
+        'calibrated': ('C0', '*'),
+        'mass': ('C2', 'D'),
+        'fastv': ('C1', '^'),
+        'random': ('C3', 'x'),
+    }
     panels = ['overall', *questions.FAMILIES]
     fig, axes = plt.subplots(2, 4, figsize=(15, 7), sharex=True, sharey=True)
     for ax, panel in zip(axes.flat, panels):
@@ -77,8 +85,14 @@ def plot(results: dict, path: pathlib.Path) -> None:
         ax.set_title(panel)
         ax.grid(alpha=0.3)
     axes.flat[-1].axis('off')
-    names = {'dense': 'dense', 'adatoken': 'fixed schedule (L/4, L/2, 3L/4)', 'calibrated': 'calibrated (gating: auto)',
-             'mass': 'adaptive mass gate, p = 0.3-0.9', 'fastv': 'FastV', 'random': 'random pruning'}
+    names = {
+        'dense': 'dense',
+        'adatoken': 'fixed schedule (L/4, L/2, 3L/4)',
+        'calibrated': 'calibrated (gating: auto)',
+        'mass': 'adaptive mass gate, p = 0.3-0.9',
+        'fastv': 'FastV',
+        'random': 'random pruning',
+    }
     for kind, (colour, marker) in kinds.items():
         axes.flat[-1].scatter([], [], c=colour, marker=marker, s=40, label=names[kind])
     axes.flat[-1].scatter([], [], c='C4', marker='D', s=40, label='the same, scored by the question (~question)')
@@ -87,8 +101,10 @@ def plot(results: dict, path: pathlib.Path) -> None:
         ax.set_xlabel('prefill FLOPs reduction vs dense (%)')
     for ax in axes[:, 0]:
         ax.set_ylabel('exact-match accuracy (%)')
-    fig.suptitle(f'{results["model"]["name"]}: held-out accuracy vs prefill FLOPs reduction '
-                 f'({results["questions"]} questions, {results["scenes"]} scenes)')
+    fig.suptitle(
+        f'{results["model"]["name"]}: held-out accuracy vs prefill FLOPs reduction '
+        f'({results["questions"]} questions, {results["scenes"]} scenes)'
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -115,14 +131,19 @@ def main(argv=None) -> int:
         row = {'gating': texts[label], **acc.summary()}
         row['overall_delta_points'] = round(100 * (acc.overall - dense.overall), 2)
         rows[label] = row
-        print(f'{label:27s} {texts[label]:51s} FLOPs -{acc.flops_reduction:6.1%}  overall {acc.overall:6.1%}  ' +
-              '  '.join(f'{f[:5]} {acc.family(f):5.1%}' for f in questions.FAMILIES), flush=True)
+        print(
+            f'{label:27s} {texts[label]:51s} FLOPs -{acc.flops_reduction:6.1%}  overall {acc.overall:6.1%}  '
+            + '  '.join(f'{f[:5]} {acc.family(f):5.1%}' for f in questions.FAMILIES),
+            flush=True,
+        )
     spatial = [record.geometry(config).num_tokens for record in records]
     out = {
-        'benchmark': 'accuracy', 'machine': machine(),
+        'benchmark': 'accuracy',
+        'machine': machine(),
         'command': 'python -m benchmarks.bench_accuracy' + (f' --scenes {args.scenes}' if args.scenes != 60 else ''),
         'model': {'name': pathlib.Path(model_path).name, 'path': str(model_path), 'layers': answerer.num_layers},
-        'scenes': len(records), 'test_seeds': [records[0].seed, records[-1].seed],
+        'scenes': len(records),
+        'test_seeds': [records[0].seed, records[-1].seed],
         'questions': sum(dense.asked.values()),
         'mean_spatial_tokens': round(sum(spatial) / len(spatial), 1),
         'seconds': round(time.monotonic() - start, 1),
@@ -132,6 +153,7 @@ def main(argv=None) -> int:
     path = write_results('accuracy', out) if args.output is None else args.output
     if args.output is not None:
         import json
+
         args.output.write_text(json.dumps(out, indent=2) + '\n')
     plot(out, (RESULTS if args.output is None else args.output.parent) / f'{pathlib.Path(path).stem}.png')
     return 0

@@ -13,6 +13,7 @@ Input: 40 text tokens (system prompt), 1600 spatial tokens, 20 text tokens
 (question, ASSISTANT:), as LLaVA-3D's prompt on a ~1.6k-token ScanNet scene.
 Writes benchmarks/results/gating.json (or --output).
 """
+
 import argparse
 import json
 import pathlib
@@ -21,7 +22,8 @@ import sys
 
 import torch
 
-from adatoken3d_node.model.gating import GatedLlama, parse_gating
+from adatoken3d_node.model.gating import GatedLlama
+from adatoken3d_node.model.gating_policy import parse_gating
 
 from .common import machine
 
@@ -35,8 +37,8 @@ TEXT_BEFORE, SPATIAL, TEXT_AFTER = 40, 1600, 20
 
 def policies(num_layers: int) -> dict:
     q, h, t = num_layers // 4, num_layers // 2, 3 * num_layers // 4
-    schedule = f'schedule:{q}:0.5,{h}:0.25,{t}:0.125'   # AdaToken-3D's 8/16/24 at 32 layers
-    early = f'schedule:2:0.5,{q}:0.25,{h}:0.125'         # cuts earlier: aims at the paper's 63%
+    schedule = f'schedule:{q}:0.5,{h}:0.25,{t}:0.125'  # AdaToken-3D's 8/16/24 at 32 layers
+    early = f'schedule:2:0.5,{q}:0.25,{h}:0.125'  # cuts earlier: aims at the paper's 63%
     return {
         'dense': 'none',
         'fastv_k2_50': 'fastv:2:0.5',
@@ -46,25 +48,32 @@ def policies(num_layers: int) -> dict:
         'mass_p0.5': f'mass:0.5@2,{q},{h}',
         'mass_p0.7': f'mass:0.7@2,{q},{h}',
         'mass_p0.9': f'mass:0.9@2,{q},{h}',
-        'random_schedule': 'random' + schedule[len('schedule'):],
+        'random_schedule': 'random' + schedule[len('schedule') :],
     }
 
 
 def build(shape: str, device: str, dtype: torch.dtype, seed: int):
     from transformers import LlamaConfig, LlamaForCausalLM
+
     layers, hidden, heads, kv, inter, vocab = SHAPES[shape]
-    config = LlamaConfig(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads,
-                         num_key_value_heads=kv, intermediate_size=inter, vocab_size=vocab,
-                         max_position_embeddings=4096)
+    config = LlamaConfig(
+        num_hidden_layers=layers,
+        hidden_size=hidden,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        intermediate_size=inter,
+        vocab_size=vocab,
+        max_position_embeddings=4096,
+    )
     torch.manual_seed(seed)
     with torch.device(device):
         model = LlamaForCausalLM(config).to(dtype).eval()
     ids = torch.randint(0, vocab, (1, TEXT_BEFORE + TEXT_AFTER), device=device)
-    text = model.model.embed_tokens(ids)                                              # (1, 60, d)
+    text = model.model.embed_tokens(ids)  # (1, 60, d)
     spatial = torch.randn(1, SPATIAL, hidden, device=device, dtype=dtype) * text.std()  # like embeddings
     embeds = torch.cat([text[:, :TEXT_BEFORE], spatial, text[:, TEXT_BEFORE:]], dim=1)  # (1, T, d)
     mask = torch.zeros(embeds.shape[1], dtype=torch.bool, device=device)
-    mask[TEXT_BEFORE:TEXT_BEFORE + SPATIAL] = True
+    mask[TEXT_BEFORE : TEXT_BEFORE + SPATIAL] = True
     return model, embeds, mask
 
 
@@ -85,7 +94,7 @@ def main() -> int:
     with torch.inference_mode():
         for name, text in policies(num_layers).items():
             policy = parse_gating(text, num_layers)
-            gated.prefill(embeds, mask, policy)                    # warm-up
+            gated.prefill(embeds, mask, policy)  # warm-up
             runs = [gated.prefill(embeds, mask, policy) for _ in range(args.repeats)]
             ids, run, _ = gated.generate(embeds, mask, policy, args.new_tokens)
             results[name] = {'policy': str(policy), 'runs': runs, 'ids': ids, 'logits': run.logits.float()}
@@ -116,24 +125,39 @@ def main() -> int:
     output = {
         'benchmark': 'gated prefill vs dense, random weights (seed 0)',
         'command': f'python -m benchmarks.bench_gating --shape {args.shape} --device {args.device} '
-                   f'--dtype {args.dtype}',
+        f'--dtype {args.dtype}',
         'machine': machine(),
-        'shape': {'name': args.shape, 'layers': layers, 'hidden': hidden, 'heads': heads, 'kv_heads': kv,
-                  'intermediate': inter, 'vocab': vocab, 'dtype': args.dtype, 'device': args.device},
+        'shape': {
+            'name': args.shape,
+            'layers': layers,
+            'hidden': hidden,
+            'heads': heads,
+            'kv_heads': kv,
+            'intermediate': inter,
+            'vocab': vocab,
+            'dtype': args.dtype,
+            'device': args.device,
+        },
         'tokens': {'text_before': TEXT_BEFORE, 'spatial': SPATIAL, 'text_after': TEXT_AFTER},
-        'repeats': args.repeats, 'greedy_new_tokens': args.new_tokens,
+        'repeats': args.repeats,
+        'greedy_new_tokens': args.new_tokens,
         'dense_prefill_flops': dense['runs'][0].prefill_flops_dense,
         'policies': table,
     }
-    path = pathlib.Path(args.output) if args.output else (
-        pathlib.Path(__file__).resolve().parent / 'results' / 'gating.json')
+    path = (
+        pathlib.Path(args.output)
+        if args.output
+        else (pathlib.Path(__file__).resolve().parent / 'results' / 'gating.json')
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(output, indent=2) + '\n')
     print(f'wrote {path}', file=sys.stderr)
     print(f'{"policy":>18} {"FLOPs red.":>10} {"speed-up":>9} {"scoring":>8} {"greedy":>7} {"KL":>9}')
     for name, row in table.items():
-        print(f'{name:>18} {row["flops_reduction"]:>10.1%} {row["prefill_speedup_vs_dense"]:>8.2f}x '
-              f'{row["scoring_overhead_share"]:>8.2%} {row["greedy_agreement"]:>7.0%} {row["next_token_kl"]:>9.2e}')
+        print(
+            f'{name:>18} {row["flops_reduction"]:>10.1%} {row["prefill_speedup_vs_dense"]:>8.2f}x '
+            f'{row["scoring_overhead_share"]:>8.2%} {row["greedy_agreement"]:>7.0%} {row["next_token_kl"]:>9.2e}'
+        )
     return 0
 
 

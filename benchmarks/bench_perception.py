@@ -11,6 +11,7 @@ Cases, each the median over repeated runs on real message objects:
 Writes benchmarks/results/perception.json with median ms and point counts, and the growth of the
 cloud cost per point.
 """
+
 import statistics
 import sys
 import time
@@ -19,8 +20,7 @@ import numpy as np
 
 from adatoken3d_node.perception.frontend import nearest_patch_xyz
 from adatoken3d_node.perception.geometry import backproject, patch_xyz, resize_crop_view
-from adatoken3d_node.perception.messages import (camera_info_to_model, depth_to_metres, image_to_rgb,
-                                                 pointcloud_to_xyz)
+from adatoken3d_node.perception.messages import camera_info_to_model, depth_to_metres, image_to_rgb, pointcloud_to_xyz
 from adatoken3d_node.perception.reproject import points_to_depth
 
 from .common import machine, write_results
@@ -41,6 +41,7 @@ def median_ms(fn, repeats: int) -> float:
 
 def rgbd_messages(rng):
     from sensor_msgs.msg import CameraInfo, Image
+
     rgb = rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)
     depth = rng.integers(500, 4000, (480, 640), dtype=np.uint16)
     depth[rng.random((480, 640)) < 0.13] = 0  # holes, like the real Redwood frame
@@ -52,16 +53,27 @@ def rgbd_messages(rng):
 
 def cloud_message(rng, n: int):
     from sensor_msgs.msg import PointCloud2, PointField
+
     points = np.zeros(n, dtype=[('x', '<f4'), ('y', '<f4'), ('z', '<f4'), ('rgb', '<f4')])
     points['x'] = rng.uniform(-3, 3, n)
     points['y'] = rng.uniform(-2, 2, n)
     points['z'] = rng.uniform(0.5, 6, n)
     points['rgb'] = rng.integers(0, 2**24, n).astype(np.uint32).view(np.float32)
     points['x'][rng.random(n) < 0.1] = np.nan
-    fields = [PointField(name=name, offset=4 * i, datatype=PointField.FLOAT32, count=1)
-              for i, name in enumerate(('x', 'y', 'z', 'rgb'))]
-    return PointCloud2(height=1, width=n, fields=fields, is_bigendian=False, point_step=16, row_step=16 * n,
-                       data=points.tobytes(), is_dense=False)
+    fields = [
+        PointField(name=name, offset=4 * i, datatype=PointField.FLOAT32, count=1)
+        for i, name in enumerate(('x', 'y', 'z', 'rgb'))
+    ]
+    return PointCloud2(
+        height=1,
+        width=n,
+        fields=fields,
+        is_bigendian=False,
+        point_step=16,
+        row_step=16 * n,
+        data=points.tobytes(),
+        is_dense=False,
+    )
 
 
 def main() -> int:
@@ -77,17 +89,19 @@ def main() -> int:
         rgb_c, depth_c, K_c = resize_crop_view(rgb, depth, camera.K, 336)
         return depth_c, K_c
 
-    def rgbd_frame_nearest():   # what the node does per frame with patch_xyz: nearest (default)
+    def rgbd_frame_nearest():  # what the node does per frame with patch_xyz: nearest (default)
         depth_c, K_c = rgbd_frame()
         nearest_patch_xyz(depth_c, K_c, pose, 24)
 
-    def rgbd_frame_median():    # patch_xyz: median needs every pixel back-projected
+    def rgbd_frame_median():  # patch_xyz: median needs every pixel back-projected
         depth_c, K_c = rgbd_frame()
         xyz, valid = backproject(depth_c, K_c, pose)
         patch_xyz(xyz, valid, 24, 'median')
 
-    cases = {'rgbd_640x480': {'median_ms': median_ms(rgbd_frame_nearest, 50), 'pixels': 640 * 480},
-             'rgbd_640x480_median_patch_xyz': {'median_ms': median_ms(rgbd_frame_median, 30), 'pixels': 640 * 480}}
+    cases = {
+        'rgbd_640x480': {'median_ms': median_ms(rgbd_frame_nearest, 50), 'pixels': 640 * 480},
+        'rgbd_640x480_median_patch_xyz': {'median_ms': median_ms(rgbd_frame_median, 30), 'pixels': 640 * 480},
+    }
     lidar_to_camera = np.eye(4)
     lidar_to_camera[:3, 3] = [0.05, -0.1, 0.0]
     for n in (30_000, 300_000, 1_000_000):
@@ -99,8 +113,9 @@ def main() -> int:
             points_to_depth(camera_xyz, K, (480, 640))
 
         cases[f'cloud_{n}'] = {'median_ms': median_ms(cloud_frame, 20 if n < 1_000_000 else 8), 'points': n}
-    per_point = {name: round(case['median_ms'] * 1e3 / case['points'], 4)
-                 for name, case in cases.items() if 'points' in case}
+    per_point = {
+        name: round(case['median_ms'] * 1e3 / case['points'], 4) for name, case in cases.items() if 'points' in case
+    }
     results = {
         'benchmark': 'perception front end per frame (conversion + geometry)',
         'command': 'make bench',

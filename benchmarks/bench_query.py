@@ -9,6 +9,7 @@ decode), so the ROS/DDS overhead is the difference. Also times building the
 interface packages from source with the wheels. Writes
 benchmarks/results/query.json.
 """
+
 import argparse
 import pathlib
 import statistics
@@ -20,7 +21,7 @@ import time
 import yaml
 
 from adatoken3d_node import parameters
-from adatoken3d_node.dds_env import apply_loopback_environment
+from adatoken3d_lab.dds_env import apply_loopback_environment
 
 from .common import RESULTS, machine, write_results
 
@@ -34,8 +35,17 @@ def median(values):
 def interface_build_seconds() -> float:
     with tempfile.TemporaryDirectory() as build_dir:
         start = time.monotonic()
-        subprocess.run([sys.executable, str(RESULTS.parent.parent / 'tools' / 'pip_ros_env.py'),
-                        'build-interfaces', '--build-dir', build_dir], check=True, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                str(RESULTS.parent.parent / 'tools' / 'pip_ros_env.py'),
+                'build-interfaces',
+                '--build-dir',
+                build_dir,
+            ],
+            check=True,
+            capture_output=True,
+        )
         return round(time.monotonic() - start, 1)
 
 
@@ -49,16 +59,19 @@ def main() -> int:
 
     build_s = interface_build_seconds()
     log = tempfile.NamedTemporaryFile(prefix='bench-node-', suffix='.log', delete=False).name
-    params = pathlib.Path(tempfile.mkdtemp()) / 'params.yaml'   # no sensors: answer without a scene
+    params = pathlib.Path(tempfile.mkdtemp()) / 'params.yaml'  # no sensors: answer without a scene
     values = parameters.defaults()
     values['require_scene'] = False
     params.write_text(yaml.safe_dump({'/**': {'ros__parameters': values}}))
     # The random-weight tiny model (the default before the trained scene model shipped), so these
     # numbers stay comparable: the ROS and decoding path, not a model.
-    from adatoken3d_node.model.tiny_llava3d import create_tiny_llava3d
-    model = create_tiny_llava3d(params.parent / 'tiny-llava3d', params.parent / 'tiny-llava3d-clip', seed=0)
-    with NodeProcess(['device:=cpu', f'model_path:={model}', f'params_file:={params}'], log_path=log) as node, \
-            QueryClient() as client:
+    from adatoken3d_lab.random_checkpoint import create_random_llava3d
+
+    model = create_random_llava3d(params.parent / 'tiny-llava3d', params.parent / 'tiny-llava3d-clip', seed=0)
+    with (
+        NodeProcess(['device:=cpu', f'model_path:={model}', f'params_file:={params}'], log_path=log) as node,
+        QueryClient() as client,
+    ):
         start = time.monotonic()
         client.wait_for_node(timeout=180)
         ready_s = time.monotonic() - start
@@ -72,8 +85,11 @@ def main() -> int:
         for _ in range(args.queries):
             first = []
             t0 = time.perf_counter()
-            _, result = client.ask(QUESTION, max_new_tokens=args.max_new_tokens,
-                                   on_feedback=lambda f: first.append(time.perf_counter()) if not first else None)
+            _, result = client.ask(
+                QUESTION,
+                max_new_tokens=args.max_new_tokens,
+                on_feedback=lambda f: first.append(time.perf_counter()) if not first else None,
+            )
             action.append(((time.perf_counter() - t0) * 1e3, (first[0] - t0) * 1e3, result.metrics))
         node_log = node.log()
 
@@ -100,15 +116,16 @@ def main() -> int:
         'interface_build_s': build_s,
         'node_start_to_ready_s': round(ready_s, 1),
         'service': split(service),
-        'action': {**split([(r[0], r[2]) for r in action]),
-                   'first_feedback_ms_median': median([r[1] for r in action])},
+        'action': {**split([(r[0], r[2]) for r in action]), 'first_feedback_ms_median': median([r[1] for r in action])},
         'untrained_model': 'UNTRAINED' in node_log,
     }
     write_results('query', results)
-    print(f"service: round trip {results['service']['round_trip_ms_median']} ms median "
-          f"(node {results['service']['node_total_ms_median']} ms, ROS overhead "
-          f"{results['service']['ros_overhead_ms_median']} ms); action first feedback "
-          f"{results['action']['first_feedback_ms_median']} ms; interfaces build {build_s} s")
+    print(
+        f"service: round trip {results['service']['round_trip_ms_median']} ms median "
+        f"(node {results['service']['node_total_ms_median']} ms, ROS overhead "
+        f"{results['service']['ros_overhead_ms_median']} ms); action first feedback "
+        f"{results['action']['first_feedback_ms_median']} ms; interfaces build {build_s} s"
+    )
     return 0
 
 

@@ -1,4 +1,5 @@
 """What every benchmark records about where it ran, and how it writes its results."""
+
 import json
 import os
 import pathlib
@@ -12,6 +13,7 @@ RESULTS = pathlib.Path(__file__).resolve().parent / 'results'
 
 def machine() -> dict:
     import torch
+
     cpu = platform.processor() or ''
     try:
         for line in pathlib.Path('/proc/cpuinfo').read_text().splitlines():
@@ -21,12 +23,17 @@ def machine() -> dict:
     except OSError:
         pass
     return {
-        'cpu': cpu, 'cores': os.cpu_count(), 'python': platform.python_version(), 'torch': torch.__version__,
+        'cpu': cpu,
+        'cores': os.cpu_count(),
+        'python': platform.python_version(),
+        'torch': torch.__version__,
         'torch_threads': torch.get_num_threads(),
         'gpu': torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         'date': time.strftime('%Y-%m-%d'),
-        'commit': subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True,
-                                 cwd=RESULTS.parent).stdout.strip() or None,
+        'commit': subprocess.run(
+            ['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True, cwd=RESULTS.parent
+        ).stdout.strip()
+        or None,
     }
 
 

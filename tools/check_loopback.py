@@ -9,6 +9,7 @@ remote shell) counts too, so run it on an otherwise quiet machine; zero
 packets proves that nothing the command did left the machine. Exit status: the
 command's, or 3 when packets left.
 """
+
 import subprocess
 import sys
 
@@ -26,15 +27,17 @@ def tx_packets() -> dict:
 
 def main() -> int:
     argv = sys.argv[1:]
-    command = argv[argv.index('--') + 1:] if '--' in argv else argv
+    command = argv[argv.index('--') + 1 :] if '--' in argv else argv
     if not command:
         sys.exit(__doc__)
     before = tx_packets()
     returncode = subprocess.run(command).returncode
     after = tx_packets()
     sent = {name: after[name] - before.get(name, 0) for name in after}
-    print(f'check-loopback: packets sent during `{" ".join(command)}`: '
-          + ', '.join(f'{name}={count}' for name, count in sent.items()))
+    print(
+        f'check-loopback: packets sent during `{" ".join(command)}`: '
+        + ', '.join(f'{name}={count}' for name, count in sent.items())
+    )
     if returncode != 0:
         return returncode
     return 3 if any(sent.values()) else 0

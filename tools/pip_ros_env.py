@@ -19,6 +19,7 @@ system already provides it. It is the pip-path equivalent of `colcon build`.
 
 Standard library only: it runs before anything of ours is installed.
 """
+
 import argparse
 import glob
 import importlib.util
@@ -43,6 +44,7 @@ AMENT_PTH = 'adatoken3d_ament_prefix.pth'
 def fix_cmake_include_paths(prefix: pathlib.Path) -> int:
     """Rewrite build-machine include paths in the wheels' CMake exports; returns files changed."""
     import numpy  # installed from the wheels before this runs
+
     python_include = sysconfig.get_paths()['include']
     replacements = [
         (f'{WHEEL_BUILD_PREFIX}/lib/python3.11/site-packages/numpy/_core/include', numpy.get_include()),
@@ -67,7 +69,8 @@ def write_ament_pth(prefix: pathlib.Path) -> pathlib.Path:
     pth.write_text(
         "import os, sys; p = os.environ.get('AMENT_PREFIX_PATH', ''); "
         "sys.prefix in p.split(os.pathsep) or os.environ.__setitem__("
-        "'AMENT_PREFIX_PATH', os.pathsep.join(x for x in (sys.prefix, p) if x))\n")
+        "'AMENT_PREFIX_PATH', os.pathsep.join(x for x in (sys.prefix, p) if x))\n"
+    )
     return pth
 
 
@@ -77,12 +80,15 @@ def build_interface_package(source: pathlib.Path, prefix: pathlib.Path, build_ro
         shutil.rmtree(build_dir)
     build_dir.mkdir(parents=True)
     env = dict(os.environ)
-    env['AMENT_PREFIX_PATH'] = os.pathsep.join(
-        x for x in (str(prefix), env.get('AMENT_PREFIX_PATH', '')) if x)
+    env['AMENT_PREFIX_PATH'] = os.pathsep.join(x for x in (str(prefix), env.get('AMENT_PREFIX_PATH', '')) if x)
     env['PATH'] = os.pathsep.join((str(prefix / 'bin'), env.get('PATH', '')))
     configure = [
-        'cmake', str(source), f'-DCMAKE_INSTALL_PREFIX={prefix}', f'-DCMAKE_PREFIX_PATH={prefix}',
-        f'-DPython3_EXECUTABLE={sys.executable}', '-DBUILD_TESTING=OFF',
+        'cmake',
+        str(source),
+        f'-DCMAKE_INSTALL_PREFIX={prefix}',
+        f'-DCMAKE_PREFIX_PATH={prefix}',
+        f'-DPython3_EXECUTABLE={sys.executable}',
+        '-DBUILD_TESTING=OFF',
     ]
     build = ['cmake', '--build', '.', '--target', 'install', '--', f'-j{os.cpu_count() or 2}']
     for command in (configure, build):
@@ -91,8 +97,9 @@ def build_interface_package(source: pathlib.Path, prefix: pathlib.Path, build_ro
             result = subprocess.run(command, cwd=build_dir, env=env, stdout=out, stderr=subprocess.STDOUT)
         if result.returncode != 0:
             tail = log.read_text().splitlines()[-30:]
-            sys.exit(f'building {source.name} failed ({" ".join(command[:2])}); last lines of {log}:\n'
-                     + '\n'.join(tail))
+            sys.exit(
+                f'building {source.name} failed ({" ".join(command[:2])}); last lines of {log}:\n' + '\n'.join(tail)
+            )
 
 
 def system_provides(module: str, prefix: pathlib.Path) -> bool:
@@ -122,8 +129,7 @@ def main() -> None:
             continue
         start = time.monotonic()
         build_interface_package(source, prefix, pathlib.Path(args.build_dir))
-        print(f'build-interfaces: {source.name} built and installed into {prefix} '
-              f'in {time.monotonic() - start:.1f} s')
+        print(f'build-interfaces: {source.name} built and installed into {prefix} in {time.monotonic() - start:.1f} s')
 
 
 if __name__ == '__main__':

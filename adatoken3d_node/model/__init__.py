@@ -1,1 +1,2 @@
-"""ROS-free model code: LLaVA-3D (llava3d, loader, tiny_llava3d), the gated prefill (gating, flops), calibration and scene QA."""
+"""ROS-free model code: LLaVA-3D (llava3d, loader, prompt), the gated prefill (gating, gating_policy, flops),
+gating profiles and scene QA."""

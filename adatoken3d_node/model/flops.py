@@ -94,10 +94,7 @@ def scoring_flops(shape: LlamaShape, rows: int, n_keys: int) -> float:
 
 
 def prefill_flops(
-    shape: LlamaShape,
-    tokens_per_layer: list[int],
-    keys_per_layer: list[int] | None = None,
-    scoring: float = 0.0,
+    shape: LlamaShape, tokens_per_layer: list[int], keys_per_layer: list[int] | None = None, scoring: float = 0.0
 ) -> float:
     """Prefill FLOPs when tokens_per_layer[i] tokens run layer i, plus the last-position lm_head.
 

@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Optional
 import torch
 from torch import nn
 
-from .prompt import ROLES, SEP, SYSTEM
+from .prompt import PROMPT_HEAD, PROMPT_TAIL
 
 if TYPE_CHECKING:  # transformers is imported where it is used: importing this module stays cheap
     from transformers import LlamaConfig
 
-IMAGE_TOKEN_INDEX = -200     # LLaVA's placeholder id for "<image>" (spatial tokens go there)
+IMAGE_TOKEN_INDEX = -200  # LLaVA's placeholder id for "<image>" (spatial tokens go there)
 LOCATION_TOKEN_INDEX = -300  # LLaVA-3D's placeholder id for a location prompt ("<boxes>")
 # OpenAI CLIP's normalisation, used when the CLIP directory has no preprocessor_config.json.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -41,10 +41,28 @@ LOCATION_RE = re.compile(rf"\[\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*\]")
 # reach LlamaConfig: the mm_* and training keys (image_aspect_ratio, tune_mm_mlp_adapter, ...)
 # are not LLaMA's business.
 LLAMA_KEYS = (
-    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-    "num_key_value_heads", "head_dim", "hidden_act", "max_position_embeddings", "initializer_range",
-    "rms_norm_eps", "rope_theta", "rope_scaling", "rope_parameters", "attention_bias", "attention_dropout",
-    "mlp_bias", "pretraining_tp", "tie_word_embeddings", "bos_token_id", "eos_token_id", "pad_token_id",
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "hidden_act",
+    "max_position_embeddings",
+    "initializer_range",
+    "rms_norm_eps",
+    "rope_theta",
+    "rope_scaling",
+    "rope_parameters",
+    "attention_bias",
+    "attention_dropout",
+    "mlp_bias",
+    "pretraining_tp",
+    "tie_word_embeddings",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
     "use_cache",
 )
 REQUIRED_LLAMA_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
@@ -54,14 +72,15 @@ _PROJECTOR_RE = re.compile(r"mlp(\d+)x_gelu")
 @dataclass
 class Llava3DConfig:
     """The parts of a LLaVA-3D config.json this implementation uses, checked on construction."""
-    text_config: "LlamaConfig"              # the language model (LLaMA keys of config.json)
-    mm_vision_tower: str                    # CLIP checkpoint: hub name as released, or a local directory
-    mm_vision_select_layer: int = -2        # index into CLIP's hidden_states (embeddings output is 0)
+
+    text_config: "LlamaConfig"  # the language model (LLaMA keys of config.json)
+    mm_vision_tower: str  # CLIP checkpoint: hub name as released, or a local directory
+    mm_vision_select_layer: int = -2  # index into CLIP's hidden_states (embeddings output is 0)
     mm_vision_select_feature: str = "patch"  # "patch": CLS dropped
     mm_projector_type: str = "mlp2x_gelu"
-    mm_hidden_size: int = 1024              # CLIP width C
+    mm_hidden_size: int = 1024  # CLIP width C
     mm_video_tower: str = "SpatialAwareModule"
-    num_frames: int = 20                    # views per scene the model was trained with
+    num_frames: int = 20  # views per scene the model was trained with
     # adatoken3d_patch_xyz: how the checkpoint was trained to place patches in 3D (the front end's
     # patch_xyz); None = LLaVA-3D's 'nearest'. The node's patch_xyz: auto follows it.
     patch_xyz: Optional[str] = None
@@ -113,11 +132,27 @@ class Llava3DConfig:
         if missing:
             raise ValueError(f"LLaMA key(s) {missing} missing")
         # rope_scaling null (as released) is LLaMA's default; transformers 5 warns about the old key name.
-        text_config = LlamaConfig(**{k: d[k] for k in LLAMA_KEYS if k in d and not (k == "rope_scaling" and d[k] is None)})
-        mm = {k: d[k] for k in ("mm_vision_select_layer", "mm_vision_select_feature", "mm_projector_type",
-                                "mm_hidden_size", "mm_video_tower", "num_frames") if d.get(k) is not None}
-        return cls(text_config=text_config, mm_vision_tower=str(d["mm_vision_tower"]),
-                   patch_xyz=d.get("adatoken3d_patch_xyz"), **mm)
+        text_config = LlamaConfig(
+            **{k: d[k] for k in LLAMA_KEYS if k in d and not (k == "rope_scaling" and d[k] is None)}
+        )
+        mm = {
+            k: d[k]
+            for k in (
+                "mm_vision_select_layer",
+                "mm_vision_select_feature",
+                "mm_projector_type",
+                "mm_hidden_size",
+                "mm_video_tower",
+                "num_frames",
+            )
+            if d.get(k) is not None
+        }
+        return cls(
+            text_config=text_config,
+            mm_vision_tower=str(d["mm_vision_tower"]),
+            patch_xyz=d.get("adatoken3d_patch_xyz"),
+            **mm,
+        )
 
 
 class PositionEmbedding3D(nn.Module):
@@ -156,14 +191,16 @@ def voxel_mean(features: torch.Tensor, patch_to_voxel: torch.Tensor, num_tokens:
     only deterministic under torch.use_deterministic_algorithms(True)).
     """
     if patch_to_voxel.shape != features.shape[:1]:
-        raise ValueError(f"patch_to_voxel {tuple(patch_to_voxel.shape)} does not match features {tuple(features.shape)}")
+        raise ValueError(
+            f"patch_to_voxel {tuple(patch_to_voxel.shape)} does not match features {tuple(features.shape)}"
+        )
     keep = patch_to_voxel >= 0
-    index = patch_to_voxel[keep]                                             # (N_kept,)
+    index = patch_to_voxel[keep]  # (N_kept,)
     # Sum in at least float32: a bf16 running sum over hundreds of patches loses the mean.
     acc = torch.promote_types(features.dtype, torch.float32)
     sums = torch.zeros(num_tokens, features.shape[1], dtype=acc, device=features.device)
-    sums.index_add_(0, index, features[keep].to(acc))                        # (M, C)
-    counts = torch.bincount(index, minlength=num_tokens)                      # (M,) kept patches per token
+    sums.index_add_(0, index, features[keep].to(acc))  # (M, C)
+    counts = torch.bincount(index, minlength=num_tokens)  # (M,) kept patches per token
     if counts.shape[0] != num_tokens or bool((counts == 0).any()):
         raise ValueError(f"patch_to_voxel does not describe {num_tokens} tokens that each own >= 1 patch")
     return (sums / counts[:, None]).to(features.dtype)
@@ -172,14 +209,15 @@ def voxel_mean(features: torch.Tensor, patch_to_voxel: torch.Tensor, num_tokens:
 @dataclass
 class Llava3DInputs:
     """One assembled prompt. T = num_text + num_spatial + num_location."""
+
     inputs_embeds: torch.Tensor  # (1, T, D) model dtype and device
-    input_ids: torch.Tensor      # (T,) int64 on the CPU: token ids, IMAGE_/LOCATION_TOKEN_INDEX at placeholders
-    spatial_mask: torch.Tensor   # (T,) bool, model device: positions holding spatial tokens (one contiguous run)
+    input_ids: torch.Tensor  # (T,) int64 on the CPU: token ids, IMAGE_/LOCATION_TOKEN_INDEX at placeholders
+    spatial_mask: torch.Tensor  # (T,) bool, model device: positions holding spatial tokens (one contiguous run)
     location_mask: torch.Tensor  # (T,) bool, model device: positions holding location tokens
-    locations: torch.Tensor      # (K, 3) float32 on the CPU: parsed points, in question order
-    num_text: int                # BOS included
-    num_spatial: int             # M
-    num_location: int            # K
+    locations: torch.Tensor  # (K, 3) float32 on the CPU: parsed points, in question order
+    num_text: int  # BOS included
+    num_spatial: int  # M
+    num_location: int  # K
 
     @property
     def num_tokens(self) -> int:
@@ -190,7 +228,7 @@ def parse_locations(question: str) -> tuple[list[str], list[tuple[float, float, 
     """Split question at "[x, y, z]" points -> (K + 1 text pieces, K points)."""
     texts, points, start = [], [], 0
     for m in LOCATION_RE.finditer(question):
-        texts.append(question[start:m.start()])
+        texts.append(question[start : m.start()])
         points.append(tuple(float(v) for v in m.groups()))
         start = m.end()
     texts.append(question[start:])
@@ -211,12 +249,12 @@ class Llava3D(nn.Module):
         C, D = config.mm_hidden_size, config.hidden_size
         self.language_model = LlamaForCausalLM(config.text_config)
         self.vision_tower = vision_tower
-        self.video_pos_emb = PositionEmbedding3D(C)    # patch xyz -> added to CLIP features
-        self.prompt_pos_emb = PositionEmbedding3D(D)   # location in the question -> one LLM token
+        self.video_pos_emb = PositionEmbedding3D(C)  # patch xyz -> added to CLIP features
+        self.prompt_pos_emb = PositionEmbedding3D(D)  # location in the question -> one LLM token
         self.mm_projector = build_projector(config.mm_projector_type, C, D)
         # Plain tuples, not buffers: they are constants of the CLIP preprocessor, not weights.
         self.image_mean, self.image_std = tuple(image_mean), tuple(image_std)
-        self.marker: dict = {}  # adatoken3d_tiny.json of a tiny test checkpoint ({"trained": false, ...})
+        self.provenance: dict = {}  # loader.PROVENANCE_FILE of a checkpoint made here ({"trained": false, ...})
 
     # ---- properties ----------------------------------------------------------------------
 
@@ -245,7 +283,7 @@ class Llava3D(nn.Module):
 
     @property
     def is_untrained(self) -> bool:
-        return self.marker.get("trained") is False
+        return self.provenance.get("trained") is False
 
     # ---- spatial tokens ------------------------------------------------------------------
 
@@ -273,32 +311,35 @@ class Llava3D(nn.Module):
         video_pos_emb(its xyz) added (LLaVA-3D's SpatialAwareModule), in (view, patch) order.
         scene: perception.frontend.SceneGeometry."""
         device = features.device
-        valid = torch.as_tensor(scene.patch_valid, device=device)            # (V, P) bool
+        valid = torch.as_tensor(scene.patch_valid, device=device)  # (V, P) bool
         if valid.shape != features.shape[:2]:
             raise ValueError(
-                f"scene has {tuple(valid.shape)} (views, patches) but the vision tower gave {tuple(features.shape[:2])}; "
+                f"scene has {tuple(valid.shape)} (views, patches) but the vision tower gave "
+                f"{tuple(features.shape[:2])}; "
                 f"the front end's patch_grid must be {self.patch_grid} for this vision tower"
             )
-        xyz = torch.as_tensor(scene.patch_xyz, device=device)[valid]         # (N, 3) metres, (view, patch) order
-        feats = features[valid]                                               # (N, C)
+        xyz = torch.as_tensor(scene.patch_xyz, device=device)[valid]  # (N, 3) metres, (view, patch) order
+        feats = features[valid]  # (N, C)
         return feats + self.video_pos_emb(xyz.to(feats.dtype))
 
     def spatial_features(self, features: torch.Tensor, scene) -> torch.Tensor:
         """features (V, P, C) of scene.images -> pooled spatial features (M, C), before the projector:
         patch_features averaged per kept voxel (scene.tokens.patch_to_voxel)."""
-        feats = self.patch_features(features, scene)                          # (N, C)
-        patch_to_voxel = scene.tokens.patch_to_voxel.to(feats.device)         # (N,) token index or -1
+        feats = self.patch_features(features, scene)  # (N, C)
+        patch_to_voxel = scene.tokens.patch_to_voxel.to(feats.device)  # (N,) token index or -1
         if patch_to_voxel.shape[0] != feats.shape[0]:
-            raise ValueError(f"scene.tokens covers {patch_to_voxel.shape[0]} patches, scene has {feats.shape[0]} valid ones")
-        return voxel_mean(feats, patch_to_voxel, scene.num_tokens)           # (M, C)
+            raise ValueError(
+                f"scene.tokens covers {patch_to_voxel.shape[0]} patches, scene has {feats.shape[0]} valid ones"
+            )
+        return voxel_mean(feats, patch_to_voxel, scene.num_tokens)  # (M, C)
 
     def spatial_embeddings(self, scene) -> torch.Tensor:
         """SceneGeometry -> spatial token embeddings (M, D) in the token order of scene.tokens."""
         if scene.num_tokens == 0:  # no views, or no valid patch: no CLIP work at all
             return torch.zeros(0, self.config.hidden_size, dtype=self.dtype, device=self.device)
-        features = self.image_features(scene.images)                        # (V, P, C)
-        pooled = self.spatial_features(features, scene)                      # (M, C)
-        return self.mm_projector(pooled.to(self.dtype))                      # (M, D)
+        features = self.image_features(scene.images)  # (V, P, C)
+        pooled = self.spatial_features(features, scene)  # (M, C)
+        return self.mm_projector(pooled.to(self.dtype))  # (M, D)
 
     def location_embeddings(self, points) -> torch.Tensor:
         """points (K, 3) metres, fixed frame -> location tokens (K, D)."""
@@ -324,15 +365,13 @@ class Llava3D(nn.Module):
         if spatial_embeds.ndim != 2 or spatial_embeds.shape[1] != D:
             raise ValueError(f"spatial_embeds must be (M, {D}), got {tuple(spatial_embeds.shape)}")
         M = spatial_embeds.shape[0]
-        user, assistant = ROLES
         texts, points = parse_locations(question.strip())
 
         # pieces: str (text), IMAGE_TOKEN_INDEX, LOCATION_TOKEN_INDEX, in prompt order
-        head = f"{SYSTEM}{SEP}{user}: "
-        pieces = [head, IMAGE_TOKEN_INDEX, "\n"] if M > 0 else [head]
+        pieces = [PROMPT_HEAD, IMAGE_TOKEN_INDEX, "\n"] if M > 0 else [PROMPT_HEAD]
         for i, text in enumerate(texts):
             pieces += [text, LOCATION_TOKEN_INDEX] if i < len(points) else [text]
-        pieces.append(f"{SEP}{assistant}:")
+        pieces.append(PROMPT_TAIL)
 
         ids = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
         text_run = ""  # adjacent text pieces are tokenized together, as one string
@@ -347,25 +386,43 @@ class Llava3D(nn.Module):
                 ids += [IMAGE_TOKEN_INDEX] * M
             elif piece == LOCATION_TOKEN_INDEX:
                 ids.append(LOCATION_TOKEN_INDEX)
-        input_ids = torch.tensor(ids, dtype=torch.long)                       # (T,)
+        input_ids = torch.tensor(ids, dtype=torch.long)  # (T,)
 
         device, dtype = self.device, self.dtype
         ids_dev = input_ids.to(device)
-        spatial_mask = ids_dev == IMAGE_TOKEN_INDEX                          # (T,)
-        location_mask = ids_dev == LOCATION_TOKEN_INDEX                      # (T,)
+        spatial_mask = ids_dev == IMAGE_TOKEN_INDEX  # (T,)
+        location_mask = ids_dev == LOCATION_TOKEN_INDEX  # (T,)
         text_mask = ids_dev >= 0
-        embeds = torch.empty(len(ids), D, dtype=dtype, device=device)        # (T, D), every row written below
+        embeds = torch.empty(len(ids), D, dtype=dtype, device=device)  # (T, D), every row written below
         embeds[text_mask] = self.language_model.get_input_embeddings()(ids_dev[text_mask]).to(dtype)
         embeds[spatial_mask] = spatial_embeds.to(device=device, dtype=dtype)
         locations = torch.tensor(points, dtype=torch.float32).reshape(-1, 3)  # (K, 3)
         if points:
             embeds[location_mask] = self.location_embeddings(locations)
         n_text = sum(1 for i in ids if i >= 0)
-        return Llava3DInputs(embeds[None], input_ids, spatial_mask, location_mask, locations,
-                             num_text=n_text, num_spatial=M, num_location=len(points))
+        return Llava3DInputs(
+            embeds[None],
+            input_ids,
+            spatial_mask,
+            location_mask,
+            locations,
+            num_text=n_text,
+            num_spatial=M,
+            num_location=len(points),
+        )
 
 
 __all__ = [
-    "CLIP_MEAN", "CLIP_STD", "IMAGE_TOKEN_INDEX", "LOCATION_RE", "LOCATION_TOKEN_INDEX", "Llava3D", "Llava3DConfig",
-    "Llava3DInputs", "PositionEmbedding3D", "build_projector", "parse_locations", "voxel_mean",
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "IMAGE_TOKEN_INDEX",
+    "LOCATION_RE",
+    "LOCATION_TOKEN_INDEX",
+    "Llava3D",
+    "Llava3DConfig",
+    "Llava3DInputs",
+    "PositionEmbedding3D",
+    "build_projector",
+    "parse_locations",
+    "voxel_mean",
 ]

@@ -18,10 +18,16 @@ from dataclasses import dataclass
 
 import torch
 
-from .engine import (FAST_TOKENIZER_FILE, SENTENCEPIECE_FILE, TOKENIZER_FILES, ModelLoadError, resolve_device,
-                     resolve_dtype)
+from .device import resolve_device, resolve_dtype
 from .llava3d import CLIP_MEAN, CLIP_STD, Llava3D, Llava3DConfig
-from .tiny import MARKER  # a tiny test checkpoint says it was never trained
+
+FAST_TOKENIZER_FILE = "tokenizer.json"  # a tokenizers pipeline
+SENTENCEPIECE_FILE = "tokenizer.model"  # a SentencePiece model (what LLaMA/Vicuna checkpoints ship)
+TOKENIZER_FILES = (FAST_TOKENIZER_FILE, SENTENCEPIECE_FILE)  # a checkpoint needs at least one
+# Written by this project's checkpoint makers: {"kind", "trained", "seed", "note"}; "trained": false
+# marks random weights, whose answers the node warns about.
+PROVENANCE_FILE = "adatoken3d_provenance.json"
+LEGACY_PROVENANCE_FILE = "adatoken3d_tiny.json"  # its name in checkpoints written before the lab split
 
 # Released name prefix -> Llava3D module prefix. First match wins: the mm prefixes sit under
 # "model." too, so they come before the language model's catch-all.
@@ -42,6 +48,10 @@ SPIECE_SPACE = "\u2581"  # SentencePiece's visible space
 SENTENCEPIECE_MODULES = {"sentencepiece": "sentencepiece", "protobuf": "google.protobuf"}
 
 
+class ModelLoadError(RuntimeError):
+    """The checkpoint at a path cannot be used; the message names the path and what to do."""
+
+
 class Llava3DLoadError(ModelLoadError):
     """A LLaVA-3D checkpoint (or its CLIP) cannot be used; the message names the file and what to do."""
 
@@ -50,7 +60,7 @@ def to_ours(released: str) -> str:
     """Released state-dict name -> Llava3D state-dict name (names with no known prefix pass unchanged)."""
     for theirs, ours in NAME_MAP:
         if released.startswith(theirs):
-            return ours + released[len(theirs):]
+            return ours + released[len(theirs) :]
     return released
 
 
@@ -58,16 +68,17 @@ def to_released(ours: str) -> str:
     """Llava3D state-dict name -> released name; the inverse of to_ours."""
     for theirs, mine in NAME_MAP:
         if ours.startswith(mine):
-            return theirs + ours[len(mine):]
+            return theirs + ours[len(mine) :]
     raise KeyError(f"{ours} has no released name")
 
 
 @dataclass
 class _Weights:
     """Where each released tensor is, and its shape, read from file headers only."""
-    files: dict          # released name -> pathlib.Path of the file holding it
-    shapes: dict         # released name -> tuple shape
-    pickled: dict        # released name -> tensor, for .bin checkpoints (which must be read whole); else {}
+
+    files: dict  # released name -> pathlib.Path of the file holding it
+    shapes: dict  # released name -> tuple shape
+    pickled: dict  # released name -> tensor, for .bin checkpoints (which must be read whole); else {}
 
 
 def _safetensors_headers(files, path: pathlib.Path) -> _Weights:
@@ -84,7 +95,9 @@ def _safetensors_headers(files, path: pathlib.Path) -> _Weights:
         except Llava3DLoadError:
             raise
         except Exception as e:
-            raise Llava3DLoadError(f"cannot read {file} as safetensors ({type(e).__name__}: {e}); re-download it") from e
+            raise Llava3DLoadError(
+                f"cannot read {file} as safetensors ({type(e).__name__}: {e}); re-download it"
+            ) from e
     return _Weights(where, shapes, {})
 
 
@@ -172,10 +185,13 @@ def _vision_tower_dir(config: Llava3DConfig, vision_tower_path, config_file: pat
     if candidate.is_dir():
         return candidate
     if vision_tower_path is not None:
-        raise Llava3DLoadError(f"vision_tower_path {vision_tower_path} is not a directory; point it at a local CLIP checkpoint")
+        raise Llava3DLoadError(
+            f"vision_tower_path {vision_tower_path} is not a directory; point it at a local CLIP checkpoint"
+        )
     if pathlib.Path(name).is_absolute() or name.startswith((".", "~")):  # a path, not a hub name
         raise Llava3DLoadError(
-            f"{config_file}: mm_vision_tower {name} is not a directory; pass vision_tower_path=DIR of the CLIP checkpoint"
+            f"{config_file}: mm_vision_tower {name} is not a directory; "
+            "pass vision_tower_path=DIR of the CLIP checkpoint"
         )
     raise Llava3DLoadError(
         f"{config_file}: mm_vision_tower is {name!r}, which is not a local directory (LLaVA-3D's checkpoint does "
@@ -205,8 +221,11 @@ def _clip_config(clip_dir: pathlib.Path, config: Llava3DConfig, allow_pickle: bo
         )
     if not any(clip_dir.glob("*.safetensors")) and not allow_pickle:
         bins = sorted(clip_dir.glob("*.bin"))
-        what = f"only {bins[0].name}, and pickle loading is disabled; pass allow_pickle=True if you trust it" if bins \
+        what = (
+            f"only {bins[0].name}, and pickle loading is disabled; pass allow_pickle=True if you trust it"
+            if bins
             else "none at all"
+        )
         raise Llava3DLoadError(f"CLIP at {clip_dir} has no *.safetensors weights: {what}")
 
     mean, std = CLIP_MEAN, CLIP_STD
@@ -234,7 +253,10 @@ def _load_clip(clip_dir: pathlib.Path, dtype, device):
     hf_logging.set_verbosity_error()
     try:
         tower, info = CLIPVisionModel.from_pretrained(
-            clip_dir, dtype=dtype, use_safetensors=any(clip_dir.glob("*.safetensors")), local_files_only=True,
+            clip_dir,
+            dtype=dtype,
+            use_safetensors=any(clip_dir.glob("*.safetensors")),
+            local_files_only=True,
             output_loading_info=True,
         )
     except Exception as e:
@@ -271,7 +293,9 @@ def _check_weights(weights: _Weights, expected: dict, optional: set, path: pathl
             + ", ".join(f"{k} (in {weights.files[k].name})" for k in unexpected[:4])
         )
     for k in wrong[:4]:
-        problems.append(f"{k}: expected shape {list(expected[k])}, found {list(weights.shapes[k])} in {weights.files[k].name}")
+        problems.append(
+            f"{k}: expected shape {list(expected[k])}, found {list(weights.shapes[k])} in {weights.files[k].name}"
+        )
     if len(wrong) > 4:
         problems.append(f"... {len(wrong) - 4} more weight(s) with the wrong shape")
     if problems:
@@ -316,11 +340,12 @@ def load_tokenizer(path: pathlib.Path, config: Llava3DConfig):
     """
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
         raise Llava3DLoadError(
-            f"{path} has no tokenizer ({' or '.join(TOKENIZER_FILES)}); copy the tokenizer files that belong to this checkpoint"
+            f"{path} has no tokenizer ({' or '.join(TOKENIZER_FILES)}); "
+            "copy the tokenizer files that belong to this checkpoint"
         )
     sentencepiece_model = path / SENTENCEPIECE_FILE
     if sentencepiece_model.is_file() and not (path / FAST_TOKENIZER_FILE).is_file():
-        _require_sentencepiece(path)   # transformers would fail with a message about tiktoken
+        _require_sentencepiece(path)  # transformers would fail with a message about tiktoken
     from transformers import AutoTokenizer
 
     try:
@@ -356,8 +381,7 @@ def _use_sentencepiece_prefix(tokenizer, model_file: pathlib.Path) -> None:
     backend.pre_tokenizer = None
 
 
-def load_llava3d(path, vision_tower_path=None, device: str = "auto", dtype: str = "auto",
-                 allow_pickle: bool = False):
+def load_llava3d(path, vision_tower_path=None, device: str = "auto", dtype: str = "auto", allow_pickle: bool = False):
     """Load a local LLaVA-3D checkpoint -> (Llava3D in eval mode without grads, tokenizer, Llava3DConfig).
 
     vision_tower_path: local CLIP directory; default config.json's mm_vision_tower, which must then be
@@ -373,7 +397,7 @@ def load_llava3d(path, vision_tower_path=None, device: str = "auto", dtype: str 
         what = "is not a directory" if path.exists() else "does not exist"
         raise Llava3DLoadError(
             f"model path {path} {what}. Point it at a LLaVA-3D checkpoint directory, or create a tiny untrained "
-            f"test checkpoint with: adatoken3d-make-tiny-llava3d {path}"
+            f"test checkpoint with: adatoken3d-make-random-llava3d {path}"
         )
     config_file = path / "config.json"
     if not config_file.is_file():
@@ -435,14 +459,25 @@ def load_llava3d(path, vision_tower_path=None, device: str = "auto", dtype: str 
             lm.generation_config = GenerationConfig.from_pretrained(path, local_files_only=True)
         except Exception as e:
             raise Llava3DLoadError(f"cannot read {path / 'generation_config.json'}: {type(e).__name__}: {e}") from e
-    marker_file = path / MARKER
-    if marker_file.is_file():
+    provenance_file = next(
+        (path / name for name in (PROVENANCE_FILE, LEGACY_PROVENANCE_FILE) if (path / name).is_file()), None
+    )
+    if provenance_file is not None:
         try:
-            model.marker = json.loads(marker_file.read_text())
+            model.provenance = json.loads(provenance_file.read_text())
         except (OSError, ValueError):
-            model.marker = {}
+            model.provenance = {}
     model.eval().requires_grad_(False)  # inference only: no autograd graph behind any output
     return model, tokenizer, config
 
 
-__all__ = ["Llava3DLoadError", "NAME_MAP", "load_llava3d", "load_tokenizer", "to_ours", "to_released"]
+__all__ = [
+    "ModelLoadError",
+    "Llava3DLoadError",
+    "PROVENANCE_FILE",
+    "NAME_MAP",
+    "load_llava3d",
+    "load_tokenizer",
+    "to_ours",
+    "to_released",
+]

@@ -14,9 +14,11 @@ SYSTEM = (
 SEP = " "
 SEP2 = "</s>"
 ROLES = ("USER", "ASSISTANT")
+# What comes before and after the user's turn (llava3d.build_inputs splices <image> and locations between).
+PROMPT_HEAD = f"{SYSTEM}{SEP}{ROLES[0]}: "
+PROMPT_TAIL = f"{SEP}{ROLES[1]}:"
 
 
 def build_prompt(question: str) -> str:
     """Return the llava_v1 prompt for one question; the answer is generated after "ASSISTANT:"."""
-    user, assistant = ROLES
-    return f"{SYSTEM}{SEP}{user}: {question.strip()}{SEP}{assistant}:"
+    return f"{PROMPT_HEAD}{question.strip()}{PROMPT_TAIL}"

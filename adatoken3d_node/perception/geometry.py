@@ -7,7 +7,7 @@ Conventions: depth in metres with 0 (or non-finite) = no reading; K is a zero-sk
 pinhole whose pixel (u, v) is centred on integer coordinates, i.e. covers
 [u - 0.5, u + 0.5]; poses are 4x4 camera(optical)-to-fixed-frame.
 
-Where this deliberately differs from LLaVA-3D as released (DESIGN.md section 2):
+Where this deliberately differs from LLaVA-3D as released:
 - depth is resampled with centre-aligned nearest neighbour (the source pixel whose
   footprint contains the resized pixel's centre), so the scaled K describes where
   each depth value really came from; torch's `nearest` samples the pixel above-left
@@ -18,6 +18,7 @@ Where this deliberately differs from LLaVA-3D as released (DESIGN.md section 2):
 - the token cap is farthest-point sampling, not an unseeded random permutation.
 Voxel keys are LLaVA-3D's, round(xyz / voxel_size): the checkpoint was trained on that grid.
 """
+
 import math
 from dataclasses import dataclass
 from typing import Tuple
@@ -27,8 +28,9 @@ import torch
 import torch.nn.functional as F
 
 
-def resize_crop_view(rgb: np.ndarray, depth: np.ndarray, K: np.ndarray,
-                     size: int = 336) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def resize_crop_view(
+    rgb: np.ndarray, depth: np.ndarray, K: np.ndarray, size: int = 336
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Scale so the short side is `size`, centre-crop to size x size, and move K along.
 
     rgb (H, W, 3) uint8, depth (H, W) metres, K (3, 3) -> rgb (size, size, 3) uint8,
@@ -52,7 +54,7 @@ def resize_crop_view(rgb: np.ndarray, depth: np.ndarray, K: np.ndarray,
     rgb = np.ascontiguousarray(rgb) if rgb.flags.writeable else rgb.copy()  # zero-copy message views are read-only
     img = torch.from_numpy(rgb).permute(2, 0, 1)[None]  # (1, 3, H, W) uint8
     img = F.interpolate(img, size=(new_h, new_w), mode='bicubic', align_corners=False, antialias=True)
-    rgb_out = np.ascontiguousarray(img[0, :, top:top + size, left:left + size].permute(1, 2, 0).numpy())
+    rgb_out = np.ascontiguousarray(img[0, :, top : top + size, left : left + size].permute(1, 2, 0).numpy())
 
     # Resized pixel u' has its centre at source coordinate (u' + 0.5) / sx - 0.5; take the
     # source pixel that contains it: floor((u' + 0.5) * W / new_w), in exact integer arithmetic.
@@ -62,9 +64,7 @@ def resize_crop_view(rgb: np.ndarray, depth: np.ndarray, K: np.ndarray,
 
     # The same map as a matrix on homogeneous pixel coordinates: u' = sx * u + (sx - 1) / 2 - left,
     # i.e. cx' = (cx + 0.5) * sx - 0.5 - left and fx' = fx * sx.
-    A = np.array([[sx, 0.0, 0.5 * sx - 0.5 - left],
-                  [0.0, sy, 0.5 * sy - 0.5 - top],
-                  [0.0, 0.0, 1.0]])
+    A = np.array([[sx, 0.0, 0.5 * sx - 0.5 - left], [0.0, sy, 0.5 * sy - 0.5 - top], [0.0, 0.0, 1.0]])
     return rgb_out, depth_out, A @ np.asarray(K, dtype=np.float64)
 
 
@@ -85,8 +85,9 @@ def backproject(depth: np.ndarray, K: np.ndarray, pose: np.ndarray) -> Tuple[np.
     return xyz.astype(np.float32), valid
 
 
-def patch_xyz(xyz: np.ndarray, valid: np.ndarray, grid: int = 24, mode: str = 'nearest',
-              min_valid: float = 0.1) -> Tuple[np.ndarray, np.ndarray]:
+def patch_xyz(
+    xyz: np.ndarray, valid: np.ndarray, grid: int = 24, mode: str = 'nearest', min_valid: float = 0.1
+) -> Tuple[np.ndarray, np.ndarray]:
     """One 3D position per vision patch. xyz (S, S, 3), valid (S, S) -> centres (grid*grid, 3) float32,
     patch_valid (grid*grid,) bool, row-major (r * grid + c) like CLIP's patch tokens.
 
@@ -123,16 +124,17 @@ def patch_xyz(xyz: np.ndarray, valid: np.ndarray, grid: int = 24, mode: str = 'n
 
 @dataclass
 class VoxelTokens:
-    features: torch.Tensor        # (M, C) mean feature per kept voxel, dtype of the input features
-    centres: torch.Tensor         # (M, 3) mean xyz of the voxel's patches, metres, fixed frame
-    keys: torch.Tensor            # (M, 3) int64 voxel index round(xyz / voxel_size), lexicographic order
+    features: torch.Tensor  # (M, C) mean feature per kept voxel, dtype of the input features
+    centres: torch.Tensor  # (M, 3) mean xyz of the voxel's patches, metres, fixed frame
+    keys: torch.Tensor  # (M, 3) int64 voxel index round(xyz / voxel_size), lexicographic order
     patch_to_voxel: torch.Tensor  # (N,) int64 token index of each input patch, -1 if its voxel was capped away
-    counts: torch.Tensor          # (M,) int64 patches per kept voxel
+    counts: torch.Tensor  # (M,) int64 patches per kept voxel
     num_voxels_before_cap: int
 
 
-def voxel_pool(features: torch.Tensor, xyz: torch.Tensor, voxel_size: float = 0.2,
-               max_tokens: int = 2560) -> VoxelTokens:
+def voxel_pool(
+    features: torch.Tensor, xyz: torch.Tensor, voxel_size: float = 0.2, max_tokens: int = 2560
+) -> VoxelTokens:
     """Average patch features per voxel. features (N, C), xyz (N, 3) of the *valid* patches of all views.
 
     Keys: round(xyz / voxel_size) as LLaVA-3D, so voxel k is centred on k * voxel_size: a floor at

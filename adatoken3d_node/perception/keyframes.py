@@ -9,10 +9,11 @@ Pose distance (eviction): translation in metres + `metres_per_radian` x rotation
 (default 0.5 m per radian, i.e. turning ~57 deg counts like moving 0.5 m), both between camera
 centres/orientations in the fixed frame.
 """
+
 import dataclasses
 import math
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import numpy as np
@@ -21,16 +22,16 @@ import numpy as np
 @dataclass(frozen=True, eq=False)  # eq=False: arrays have no truth value; views compare by identity
 class View:
     """One posed RGB-D view. Arrays are read-only once stored in a KeyframeMemory."""
-    rgb: np.ndarray        # (H, W, 3) uint8 RGB
-    depth: np.ndarray      # (H, W) float32 metres along optical z, 0.0 = no reading, registered to rgb
-    K: np.ndarray          # (3, 3) float64 pinhole intrinsics of rgb/depth
-    pose: np.ndarray       # (4, 4) float64 camera(optical)-to-fixed-frame
-    stamp_ns: int          # sensor time, nanoseconds
-    frame_id: str          # camera optical frame
-    # Derived per-view data the front end caches (e.g. patch xyz); never read by the memory. The
-    # memory stores a shallow copy with its arrays made read-only; entries added later must be
-    # deterministic functions of the view (idempotent caches), so concurrent readers agree.
-    extras: dict = field(default_factory=dict)
+
+    rgb: np.ndarray  # (H, W, 3) uint8 RGB
+    depth: np.ndarray  # (H, W) float32 metres along optical z, 0.0 = no reading, registered to rgb
+    K: np.ndarray  # (3, 3) float64 pinhole intrinsics of rgb/depth
+    pose: np.ndarray  # (4, 4) float64 camera(optical)-to-fixed-frame
+    stamp_ns: int  # sensor time, nanoseconds
+    frame_id: str  # camera optical frame
+    # Per-patch geometry the front end derives once per kept view; never read by the memory.
+    patch_xyz: Optional[np.ndarray] = None  # (P, 3) float32 patch centres in the fixed frame
+    patch_valid: Optional[np.ndarray] = None  # (P,) bool: the patch has a depth reading
 
     def __post_init__(self):
         object.__setattr__(self, 'K', np.asarray(self.K, dtype=np.float64))
@@ -38,8 +39,10 @@ class View:
         if self.depth.ndim != 2 or self.depth.dtype != np.float32:
             raise ValueError(f'depth must be (H, W) float32 metres, got {self.depth.shape} {self.depth.dtype}')
         if self.rgb.shape != self.depth.shape + (3,) or self.rgb.dtype != np.uint8:
-            raise ValueError(f'rgb must be (H, W, 3) uint8 registered to depth {self.depth.shape}, '
-                             f'got {self.rgb.shape} {self.rgb.dtype}')
+            raise ValueError(
+                f'rgb must be (H, W, 3) uint8 registered to depth {self.depth.shape}, '
+                f'got {self.rgb.shape} {self.rgb.dtype}'
+            )
         if self.K.shape != (3, 3) or self.pose.shape != (4, 4):
             raise ValueError(f'K must be (3, 3) and pose (4, 4), got {self.K.shape} and {self.pose.shape}')
         if not np.isfinite(self.pose).all():
@@ -48,17 +51,16 @@ class View:
 
 @dataclass(frozen=True)
 class KeyframePolicy:
-    max_views: int = 20                   # LLaVA-3D's num_frames
-    min_translation_m: float = 0.25       # keep when the camera moved this far since the last kept view
-    min_rotation_deg: float = 15.0        # ... or turned this much
-    max_interval_s: float = 10.0          # ... or this much time passed (a static robot still refreshes)
-    metres_per_radian: float = 0.5        # rotation weight in the eviction pose distance
+    max_views: int = 20  # LLaVA-3D's num_frames
+    min_translation_m: float = 0.25  # keep when the camera moved this far since the last kept view
+    min_rotation_deg: float = 15.0  # ... or turned this much
+    max_interval_s: float = 10.0  # ... or this much time passed (a static robot still refreshes)
+    metres_per_radian: float = 0.5  # rotation weight in the eviction pose distance
 
     def __post_init__(self):
         if self.max_views < 1:
             raise ValueError(f'max_views must be >= 1, got {self.max_views}')
-        if min(self.min_translation_m, self.min_rotation_deg, self.metres_per_radian) < 0 \
-                or self.max_interval_s <= 0:
+        if min(self.min_translation_m, self.min_rotation_deg, self.metres_per_radian) < 0 or self.max_interval_s <= 0:
             raise ValueError(f'thresholds must be >= 0 and max_interval_s > 0: {self}')
 
 
@@ -70,8 +72,9 @@ def _angles_rad(R_a: np.ndarray, R_b: np.ndarray) -> np.ndarray:
     """
     M = np.einsum('...ji,...jk->...ik', R_a, R_b)  # R_a^T R_b
     cos2 = M[..., 0, 0] + M[..., 1, 1] + M[..., 2, 2] - 1.0  # 2 cos(angle)
-    sin2 = np.sqrt((M[..., 2, 1] - M[..., 1, 2]) ** 2 + (M[..., 0, 2] - M[..., 2, 0]) ** 2
-                   + (M[..., 1, 0] - M[..., 0, 1]) ** 2)  # 2 sin(angle)
+    sin2 = np.sqrt(
+        (M[..., 2, 1] - M[..., 1, 2]) ** 2 + (M[..., 0, 2] - M[..., 2, 0]) ** 2 + (M[..., 1, 0] - M[..., 0, 1]) ** 2
+    )  # 2 sin(angle)
     return np.arctan2(sin2, cos2)
 
 
@@ -83,8 +86,7 @@ def rotation_angle_deg(R_a: np.ndarray, R_b: np.ndarray) -> float:
 def pose_distance(T_a: np.ndarray, T_b: np.ndarray, metres_per_radian: float = 0.5) -> float:
     """|t_a - t_b| (m) + metres_per_radian * rotation angle (rad) between two (4, 4) poses."""
     T_a, T_b = np.asarray(T_a, float), np.asarray(T_b, float)
-    return float(np.linalg.norm(T_a[:3, 3] - T_b[:3, 3])
-                 + metres_per_radian * _angles_rad(T_a[:3, :3], T_b[:3, :3]))
+    return float(np.linalg.norm(T_a[:3, 3] - T_b[:3, 3]) + metres_per_radian * _angles_rad(T_a[:3, :3], T_b[:3, :3]))
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:
@@ -102,7 +104,7 @@ class KeyframeMemory:
     def __init__(self, policy: KeyframePolicy = KeyframePolicy()):
         self.policy = policy
         self._lock = threading.Lock()
-        self._views = []      # kept views, oldest first (stamps never decrease: older offers are skipped)
+        self._views = []  # kept views, oldest first (stamps never decrease: older offers are skipped)
         self._offered = self._kept = self._evicted = 0
 
     def decide(self, pose: np.ndarray, stamp_ns: int) -> str:
@@ -117,8 +119,10 @@ class KeyframeMemory:
             return 'kept: first view'
         last = self._views[-1]
         if stamp_ns < last.stamp_ns:
-            return (f'skipped: {(last.stamp_ns - stamp_ns) * 1e-9:.1f} s older than the last '
-                    'kept view (time went backwards? clear() the memory)')
+            return (
+                f'skipped: {(last.stamp_ns - stamp_ns) * 1e-9:.1f} s older than the last '
+                'kept view (time went backwards? clear() the memory)'
+            )
         moved = float(np.linalg.norm(pose[:3, 3] - last.pose[:3, 3]))
         turned = rotation_angle_deg(last.pose[:3, :3], pose[:3, :3])
         waited = (stamp_ns - last.stamp_ns) * 1e-9
@@ -138,10 +142,17 @@ class KeyframeMemory:
             reason = self._decision(view.pose, view.stamp_ns)
             if reason.startswith('skipped'):
                 return reason
-            self._views.append(dataclasses.replace(
-                view, rgb=_frozen(view.rgb), depth=_frozen(view.depth), K=_frozen(view.K.copy()),
-                pose=_frozen(view.pose.copy()),
-                extras={k: _frozen(v) if isinstance(v, np.ndarray) else v for k, v in view.extras.items()}))
+            self._views.append(
+                dataclasses.replace(
+                    view,
+                    rgb=_frozen(view.rgb),
+                    depth=_frozen(view.depth),
+                    K=_frozen(view.K.copy()),
+                    pose=_frozen(view.pose.copy()),
+                    patch_xyz=None if view.patch_xyz is None else _frozen(view.patch_xyz),
+                    patch_valid=None if view.patch_valid is None else _frozen(view.patch_valid),
+                )
+            )
             self._kept += 1
             if len(self._views) > p.max_views:
                 del self._views[self._most_redundant()]
@@ -153,12 +164,14 @@ class KeyframeMemory:
 
         Ties go to the oldest, since np.argmin returns the first minimum. O(N^2) for N <= ~21 views.
         """
-        poses = np.stack([v.pose for v in self._views])                   # (N, 4, 4)
+        poses = np.stack([v.pose for v in self._views])  # (N, 4, 4)
         t, R = poses[:, :3, 3], poses[:, :3, :3]
-        d = (np.linalg.norm(t[:, None] - t[None], axis=-1)                 # (N, N) metres
-             + self.policy.metres_per_radian * _angles_rad(R[:, None], R[None]))
+        d = (
+            np.linalg.norm(t[:, None] - t[None], axis=-1)  # (N, N) metres
+            + self.policy.metres_per_radian * _angles_rad(R[:, None], R[None])
+        )
         np.fill_diagonal(d, np.inf)
-        return int(np.argmin(d[:-1].min(axis=1)))                          # newest (last row) excluded
+        return int(np.argmin(d[:-1].min(axis=1)))  # newest (last row) excluded
 
     def snapshot(self) -> Tuple[View, ...]:
         """The kept views ordered by stamp; later offers do not change the returned tuple."""

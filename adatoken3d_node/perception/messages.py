@@ -17,6 +17,7 @@ Conventions used everywhere downstream:
 - Lens distortion is NOT corrected in this version: `CameraModel.has_distortion`
   tells the caller, who must report it as ignored (the node logs it once).
 """
+
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -46,8 +47,11 @@ def _pixels(msg, topic: str, bytes_per_pixel: int, shape: Tuple[int, ...], dtype
     if h == 0 or w == 0:
         raise MessageFormatError(f'Image has zero size ({w}x{h})', topic)
     if msg.step < w * bytes_per_pixel:
-        raise MessageFormatError(f'Image step {msg.step} is less than width*{bytes_per_pixel} = '
-                                 f'{w * bytes_per_pixel} bytes for {msg.encoding}', topic)
+        raise MessageFormatError(
+            f'Image step {msg.step} is less than width*{bytes_per_pixel} = '
+            f'{w * bytes_per_pixel} bytes for {msg.encoding}',
+            topic,
+        )
     if len(msg.data) < msg.step * h:
         raise MessageFormatError(f'Image data has {len(msg.data)} bytes, step*height needs {msg.step * h}', topic)
     strides = (msg.step, bytes_per_pixel) + ((dtype.itemsize,) if len(shape) == 3 else ())
@@ -62,21 +66,22 @@ def image_to_rgb(msg, topic: str = '') -> np.ndarray:
     """sensor_msgs/Image -> (H, W, 3) uint8 RGB. rgb8/rgba8: strided views of msg.data; others: copies."""
     enc = msg.encoding
     if enc not in _COLOUR_ENCODINGS:
-        raise MessageFormatError(f'Image encoding {enc!r} is not a colour encoding; accepted: '
-                                 f'{", ".join(_COLOUR_ENCODINGS)}', topic)
+        raise MessageFormatError(
+            f'Image encoding {enc!r} is not a colour encoding; accepted: {", ".join(_COLOUR_ENCODINGS)}', topic
+        )
     bpp = _COLOUR_ENCODINGS[enc]
     h, w = msg.height, msg.width
     if enc == 'mono16':
         gray = _pixels(msg, topic, 2, (h, w), np.dtype(_byte_order(msg) + 'u2'))
-        gray = (gray >> 8).astype(np.uint8)                   # keep the 8 most significant bits
+        gray = (gray >> 8).astype(np.uint8)  # keep the 8 most significant bits
         return np.repeat(gray[:, :, None], 3, axis=2)
     if enc == 'mono8':
         gray = _pixels(msg, topic, 1, (h, w), np.dtype(np.uint8))
         return np.repeat(gray[:, :, None], 3, axis=2)
-    px = _pixels(msg, topic, bpp, (h, w, bpp), np.dtype(np.uint8))   # (H, W, 3|4)
+    px = _pixels(msg, topic, bpp, (h, w, bpp), np.dtype(np.uint8))  # (H, W, 3|4)
     if enc.startswith('rgb'):
-        return px[:, :, :3]                                   # view: alpha skipped by strides
-    return np.ascontiguousarray(px[:, :, 2::-1])              # BGR(A) -> RGB needs a copy
+        return px[:, :, :3]  # view: alpha skipped by strides
+    return np.ascontiguousarray(px[:, :, 2::-1])  # BGR(A) -> RGB needs a copy
 
 
 def depth_to_metres(msg, topic: str = '', scale: Optional[float] = None) -> np.ndarray:
@@ -87,8 +92,9 @@ def depth_to_metres(msg, topic: str = '', scale: Optional[float] = None) -> np.n
     """
     enc = msg.encoding
     if enc not in _DEPTH_ENCODINGS:
-        raise MessageFormatError(f'Image encoding {enc!r} is not a depth encoding; accepted: '
-                                 f'{", ".join(_DEPTH_ENCODINGS)}', topic)
+        raise MessageFormatError(
+            f'Image encoding {enc!r} is not a depth encoding; accepted: {", ".join(_DEPTH_ENCODINGS)}', topic
+        )
     if scale is not None and not (np.isfinite(scale) and scale > 0):
         raise ValueError(f'depth scale must be a positive finite number of metres per unit, got {scale}')
     kind, unit = _DEPTH_ENCODINGS[enc]
@@ -97,21 +103,23 @@ def depth_to_metres(msg, topic: str = '', scale: Optional[float] = None) -> np.n
     factor = unit if scale is None else scale
     # uint16 * float promotes to float64, rounded once to float32: 1234 mm -> the float32 nearest 1.234 m.
     metres = (raw * factor).astype(np.float32) if factor != 1.0 else raw.astype(np.float32)
-    metres[~(np.isfinite(metres) & (metres > 0))] = 0.0       # NaN, +-inf, 0, negative: no reading
+    metres[~(np.isfinite(metres) & (metres > 0))] = 0.0  # NaN, +-inf, 0, negative: no reading
     return metres
 
 
 # ---------------------------------------------------------------------------------------------- camera
 
+
 @dataclass(frozen=True, eq=False)  # eq=False: numpy fields make the generated __eq__/__hash__ meaningless
 class CameraModel:
     """Pinhole intrinsics of one camera. K and D are read-only copies, not views of the message."""
-    K: np.ndarray            # (3, 3) float64, pixels: [[fx, 0, cx], [0, fy, cy], [0, 0, 1]]
+
+    K: np.ndarray  # (3, 3) float64, pixels: [[fx, 0, cx], [0, fy, cy], [0, 0, 1]]
     width: int
     height: int
-    distortion_model: str    # e.g. 'plumb_bob', 'equidistant'; '' when none is given
-    D: np.ndarray            # (n,) float64 distortion coefficients, NOT applied in this version
-    frame_id: str            # optical frame: x right, y down, z forward
+    distortion_model: str  # e.g. 'plumb_bob', 'equidistant'; '' when none is given
+    D: np.ndarray  # (n,) float64 distortion coefficients, NOT applied in this version
+    frame_id: str  # optical frame: x right, y down, z forward
 
     @property
     def has_distortion(self) -> bool:
@@ -129,21 +137,30 @@ def camera_info_to_model(msg, topic: str = '') -> CameraModel:
     K = k.reshape(3, 3)
     fx, fy = K[0, 0], K[1, 1]
     if not (np.isfinite(fx) and np.isfinite(fy) and fx > 0 and fy > 0):
-        raise MessageFormatError(f'CameraInfo focal length fx={fx}, fy={fy} must be positive and finite '
-                                 f'(an uncalibrated camera publishes zeros)', topic)
+        raise MessageFormatError(
+            f'CameraInfo focal length fx={fx}, fy={fy} must be positive and finite '
+            f'(an uncalibrated camera publishes zeros)',
+            topic,
+        )
     if not np.isfinite(K).all():
         raise MessageFormatError(f'CameraInfo k has non-finite values: {k.tolist()}', topic)
     D = np.array(msg.d, dtype=np.float64)
     K.flags.writeable = False
     D.flags.writeable = False
-    return CameraModel(K=K, width=int(msg.width), height=int(msg.height),
-                       distortion_model=msg.distortion_model, D=D, frame_id=msg.header.frame_id)
+    return CameraModel(
+        K=K,
+        width=int(msg.width),
+        height=int(msg.height),
+        distortion_model=msg.distortion_model,
+        D=D,
+        frame_id=msg.header.frame_id,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- clouds
 
 # sensor_msgs/PointField datatype -> numpy type without byte order
-_POINT_FIELD_TYPES = {1: 'i1', 2: 'u1', 3: 'i2', 4: 'u2', 5: 'i4', 6: 'u4', 7: 'f4', 8: 'f8'}
+POINT_FIELD_TYPES = {1: 'i1', 2: 'u1', 3: 'i2', 4: 'u2', 5: 'i4', 6: 'u4', 7: 'f4', 8: 'f8'}
 _FLOAT32, _FLOAT64, _UINT32 = 7, 8, 6
 
 
@@ -158,57 +175,68 @@ def pointcloud_to_xyz(msg, topic: str = '') -> Tuple[np.ndarray, Optional[np.nda
     if point_step == 0:
         raise MessageFormatError('PointCloud2 point_step is 0', topic)
     if row_step < w * point_step:
-        raise MessageFormatError(f'PointCloud2 row_step {row_step} is less than width*point_step = '
-                                 f'{w}*{point_step} = {w * point_step}', topic)
+        raise MessageFormatError(
+            f'PointCloud2 row_step {row_step} is less than width*point_step = {w}*{point_step} = {w * point_step}',
+            topic,
+        )
     if len(msg.data) < row_step * h:
-        raise MessageFormatError(f'PointCloud2 data has {len(msg.data)} bytes, row_step*height needs '
-                                 f'{row_step * h}', topic)
+        raise MessageFormatError(
+            f'PointCloud2 data has {len(msg.data)} bytes, row_step*height needs {row_step * h}', topic
+        )
     fields = {}
     for f in msg.fields:
-        kind = _POINT_FIELD_TYPES.get(f.datatype)
+        kind = POINT_FIELD_TYPES.get(f.datatype)
         if kind is not None and f.offset + np.dtype(kind).itemsize * max(f.count, 1) > point_step:
-            raise MessageFormatError(f'PointCloud2 field {f.name!r} (offset {f.offset}, {kind} x {f.count}) '
-                                     f'does not fit in point_step {point_step}', topic)
-        fields.setdefault(f.name, f)                          # first of duplicate names wins
+            raise MessageFormatError(
+                f'PointCloud2 field {f.name!r} (offset {f.offset}, {kind} x {f.count}) '
+                f'does not fit in point_step {point_step}',
+                topic,
+            )
+        fields.setdefault(f.name, f)  # first of duplicate names wins
     missing = [n for n in 'xyz' if n not in fields]
     if missing:
-        raise MessageFormatError(f'PointCloud2 has no field {", ".join(missing)} '
-                                 f'(fields: {", ".join(fields) or "none"})', topic)
+        raise MessageFormatError(
+            f'PointCloud2 has no field {", ".join(missing)} (fields: {", ".join(fields) or "none"})', topic
+        )
     for n in 'xyz':
         if fields[n].datatype not in (_FLOAT32, _FLOAT64):
-            raise MessageFormatError(f'PointCloud2 field {n!r} has datatype {fields[n].datatype}, '
-                                     f'needs FLOAT32 (7) or FLOAT64 (8)', topic)
+            raise MessageFormatError(
+                f'PointCloud2 field {n!r} has datatype {fields[n].datatype}, needs FLOAT32 (7) or FLOAT64 (8)', topic
+            )
     colour = fields.get('rgb') or fields.get('rgba')
     if colour is not None and colour.datatype not in (_FLOAT32, _UINT32):
-        raise MessageFormatError(f'PointCloud2 colour field {colour.name!r} has datatype {colour.datatype}, '
-                                 f'needs packed FLOAT32 (7) or UINT32 (6)', topic)
+        raise MessageFormatError(
+            f'PointCloud2 colour field {colour.name!r} has datatype {colour.datatype}, '
+            f'needs packed FLOAT32 (7) or UINT32 (6)',
+            topic,
+        )
 
     # One record per point; only the fields we read, at their offsets, in the cloud's byte order.
     order = '>' if msg.is_bigendian else '<'
     names = ['x', 'y', 'z']
-    formats = [order + _POINT_FIELD_TYPES[fields[n].datatype] for n in names]
+    formats = [order + POINT_FIELD_TYPES[fields[n].datatype] for n in names]
     offsets = [fields[n].offset for n in names]
     if colour is not None:
         names.append('rgb')
-        formats.append(order + 'u4')                          # float32 colour is read as its bits
+        formats.append(order + 'u4')  # float32 colour is read as its bits
         offsets.append(colour.offset)
     record = np.dtype({'names': names, 'formats': formats, 'offsets': offsets, 'itemsize': point_step})
     if h * w == 0:
         return np.zeros((0, 3), np.float32), None if colour is None else np.zeros((0, 3), np.uint8)
     points = np.ndarray((h, w), dtype=record, buffer=msg.data, strides=(row_step, point_step))  # view
 
-    xyz = np.empty((h, w, 3), np.float32)                     # metres
+    xyz = np.empty((h, w, 3), np.float32)  # metres
     for i, n in enumerate('xyz'):
-        xyz[:, :, i] = points[n]                              # byte swap and float64 -> float32 here
+        xyz[:, :, i] = points[n]  # byte swap and float64 -> float32 here
     xyz = xyz.reshape(-1, 3)
     # is_dense=false clouds carry NaN points. Per column and np.compress: ~10x faster than .all(axis=1) and xyz[mask].
-    finite = np.isfinite(xyz[:, 0]) & np.isfinite(xyz[:, 1]) & np.isfinite(xyz[:, 2])   # (H*W,) bool
+    finite = np.isfinite(xyz[:, 0]) & np.isfinite(xyz[:, 1]) & np.isfinite(xyz[:, 2])  # (H*W,) bool
     all_finite = bool(finite.all())
     if not all_finite:
         xyz = np.compress(finite, xyz, axis=0)
     if colour is None:
         return xyz, None
-    packed = points['rgb'].reshape(-1)                        # (H*W,) uint32 0x00RRGGBB
+    packed = points['rgb'].reshape(-1)  # (H*W,) uint32 0x00RRGGBB
     if not all_finite:
         packed = np.compress(finite, packed)
     rgb = np.empty((packed.shape[0], 3), np.uint8)

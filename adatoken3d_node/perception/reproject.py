@@ -18,13 +18,15 @@ the projection is off by < 1e-3 px, which only matters for points within that of
 Depth is float32 metres along the camera's z axis, 0.0 = no reading; K is a 3x3 zero-skew
 pinhole; optical frames are x right, y down, z forward.
 """
+
 from typing import Tuple
 
 import numpy as np
 
 
-def reproject_depth(depth_src: np.ndarray, K_src: np.ndarray, K_dst: np.ndarray,
-                    T_dst_src: np.ndarray, dst_shape: Tuple[int, int]) -> np.ndarray:
+def reproject_depth(
+    depth_src: np.ndarray, K_src: np.ndarray, K_dst: np.ndarray, T_dst_src: np.ndarray, dst_shape: Tuple[int, int]
+) -> np.ndarray:
     """Depth image of one camera re-expressed in another. depth_src (Hs, Ws) metres -> (Hd, Wd) float32.
 
     T_dst_src (4, 4) maps points in the source optical frame into the destination optical frame

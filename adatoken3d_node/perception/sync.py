@@ -28,6 +28,7 @@ did was emitted then, and emitting, trimming and dropping only remove messages).
 out of a full queue, older than an emitted set, or cleared). A key whose count grows while
 `emitted` stays still is the "time-sync callback that never fires" case: stamps never within slop.
 """
+
 import bisect
 import threading
 from typing import Any, Dict, List, Optional, Sequence
@@ -48,9 +49,9 @@ class ApproximateTimeSync:
         self.slop_ns = int(round(slop_s * 1e9))
         self.queue_size = queue_size
         self._lock = threading.Lock()
-        self._stamps = {k: [] for k in keys}   # sorted stamps, ns
-        self._msgs = {k: [] for k in keys}     # messages, parallel to _stamps
-        self._last = {k: None for k in keys}   # stamp of the last emitted message per key, ns
+        self._stamps = {k: [] for k in keys}  # sorted stamps, ns
+        self._msgs = {k: [] for k in keys}  # messages, parallel to _stamps
+        self._last = {k: None for k in keys}  # stamp of the last emitted message per key, ns
         self._dropped = {k: 0 for k in keys}
         self._emitted = 0
 
@@ -108,7 +109,7 @@ class ApproximateTimeSync:
                 j = bisect.bisect_left(self._stamps[k], s)  # index of the used message
                 out[k] = self._msgs[k][j]
                 self._dropped[k] += j  # the older ones
-                del self._stamps[k][:j + 1], self._msgs[k][:j + 1]
+                del self._stamps[k][: j + 1], self._msgs[k][: j + 1]
                 self._last[k] = s
             self._emitted += 1
             return [out]

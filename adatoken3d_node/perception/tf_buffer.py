@@ -16,6 +16,7 @@ Semantics mirrored from tf2 (BufferCore):
 
 Stamps are int nanoseconds; translations in metres; quaternions (x, y, z, w).
 """
+
 import bisect
 import math
 import threading
@@ -40,6 +41,7 @@ class ExtrapolationError(TransformError):
 
 # ----------------------------------------------------------------------------------- conversions
 
+
 def _unit_quaternion(q) -> np.ndarray:
     q = np.asarray(q, dtype=np.float64)
     if q.shape != (4,) or not np.all(np.isfinite(q)):
@@ -61,9 +63,11 @@ def transform_to_matrix(translation, rotation_xyzw) -> np.ndarray:
     """(3,) metres + (4,) quaternion x, y, z, w -> (4, 4) float64 homogeneous transform."""
     x, y, z, w = _unit_quaternion(rotation_xyzw)
     T = np.eye(4)
-    T[:3, :3] = [[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                 [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                 [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]]
+    T[:3, :3] = [
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+    ]
     T[:3, 3] = _translation(translation)
     return T
 
@@ -119,12 +123,14 @@ def _s(ns: int) -> str:
 
 # ------------------------------------------------------------------------------------------ buffer
 
+
 @dataclass
 class _Link:
     """child -> parent. Static links hold exactly one sample and ignore time."""
+
     parent: str
     static: bool
-    stamps: List[int] = field(default_factory=list)          # sorted, ns
+    stamps: List[int] = field(default_factory=list)  # sorted, ns
     translations: List[np.ndarray] = field(default_factory=list)
     rotations: List[np.ndarray] = field(default_factory=list)
 
@@ -135,8 +141,10 @@ class _Link:
         first, last = self.stamps[0], self.stamps[-1]
         if not first <= stamp_ns <= last:
             way, by = ('future', stamp_ns - last) if stamp_ns > last else ('past', first - stamp_ns)
-            raise ExtrapolationError(f'link {self.parent}->{child} has data for [{_s(first)}, {_s(last)}] s '
-                                     f'(extrapolation into the {way} by {_s(by)} s)')
+            raise ExtrapolationError(
+                f'link {self.parent}->{child} has data for [{_s(first)}, {_s(last)}] s '
+                f'(extrapolation into the {way} by {_s(by)} s)'
+            )
         i = bisect.bisect_left(self.stamps, stamp_ns)
         if self.stamps[i] == stamp_ns:
             return transform_to_matrix(self.translations[i], self.rotations[i])
@@ -156,8 +164,9 @@ class TransformBuffer:
         self._links = {}  # child frame -> _Link
         self._cond = threading.Condition(threading.Lock())  # guards _links; notified on every set
 
-    def set_transform(self, parent: str, child: str, stamp_ns: int, translation, rotation_xyzw,
-                      static: bool = False) -> bool:
+    def set_transform(
+        self, parent: str, child: str, stamp_ns: int, translation, rotation_xyzw, static: bool = False
+    ) -> bool:
         """Add T_parent_child at stamp_ns. Returns False if ignored as older than the cache."""
         if not parent or not child or parent == child:
             raise ValueError(f'need two different, non-empty frame ids, got {parent!r} -> {child!r}')
@@ -242,16 +251,19 @@ class TransformBuffer:
         known = set(self._links) | {link.parent for link in self._links.values()}
         for frame in (source, target):
             if frame not in known:
-                raise FrameNotFoundError(f'{what}: frame {frame!r} does not exist '
-                                         f'(known frames: {", ".join(sorted(known)) or "none"})')
+                raise FrameNotFoundError(
+                    f'{what}: frame {frame!r} does not exist (known frames: {", ".join(sorted(known)) or "none"})'
+                )
         up_source, up_target = self._chain(source, what), self._chain(target, what)
         common = next((f for f in up_source if f in up_target), None)
         if common is None:
-            raise FrameNotFoundError(f'{what}: frames are not connected ({source} is in the tree rooted '
-                                     f'at {up_source[-1]}, {target} in the tree rooted at {up_target[-1]})')
+            raise FrameNotFoundError(
+                f'{what}: frames are not connected ({source} is in the tree rooted '
+                f'at {up_source[-1]}, {target} in the tree rooted at {up_target[-1]})'
+            )
         try:
-            T_common_source = self._compose(up_source[:up_source.index(common)], stamp_ns)
-            T_common_target = self._compose(up_target[:up_target.index(common)], stamp_ns)
+            T_common_source = self._compose(up_source[: up_source.index(common)], stamp_ns)
+            T_common_target = self._compose(up_target[: up_target.index(common)], stamp_ns)
         except ExtrapolationError as e:
             raise ExtrapolationError(f'{what}: {e}') from None
         return _inverse(T_common_target) @ T_common_source

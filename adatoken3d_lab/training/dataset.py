@@ -1,0 +1,129 @@
+"""Synthetic scene-QA data: seeded room scenes rendered as posed RGB-D, run through the node's front end. ROS-free.
+
+    seed -> make_scene(seed, unique=True)          2-8 objects, no colour+shape twice
+         -> room_frames(...)                        8 posed RGB-D views from a camera walking around
+                                                    the inside of a closed room, depth defects on
+         -> SceneFrontEnd.add_view (as the node)    resize/crop to the vision tower's input, patch xyz
+         -> SceneRecord                             per-view images and patch geometry + the objects
+
+Splits are disjoint by scene seed (SPLITS). A record's spatial tokens are built per use with
+frontend.build_scene_geometry, so training can drop views (a different token set each epoch).
+"""
+
+import dataclasses
+import multiprocessing
+import os
+from dataclasses import dataclass
+from typing import List, Sequence, Tuple
+
+import numpy as np
+
+from adatoken3d_node.perception.frontend import FrontEndConfig, SceneFrontEnd, SceneGeometry, build_scene_geometry
+from adatoken3d_node.perception.keyframes import KeyframePolicy
+from ..synthetic import SceneObject, make_scene, room_frames
+
+# First scene seed of each split; a split of n scenes uses seeds first .. first + n - 1.
+SPLITS = {'train': 0, 'val': 1_000_000, 'test': 2_000_000}
+VIEWS_PER_SCENE = 8
+MIN_OBJECT_SIZE_M = 0.25
+# Camera resolutions the scenes are rendered at (4:3, like most RGB-D cameras); the front end
+# scales them to the vision tower's input, so the model sees both the same way.
+RENDER_SIZES = ((214, 160), (320, 240))
+THREAD_VARIABLES = ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS')
+
+
+@dataclass
+class SceneRecord:
+    seed: int
+    objects: List[SceneObject]
+    images: np.ndarray  # (V, S, S, 3) uint8, resized/cropped for the vision tower
+    patch_xyz: np.ndarray  # (V, P, 3) float32 world frame, NaN where invalid
+    patch_valid: np.ndarray  # (V, P) bool
+
+    def patch_objects(self, reach_m: float = 0.05) -> np.ndarray:
+        """(V, P) int64: the object each patch's 3D point lies on, -1 for floor, wall or no depth."""
+        out = np.full(self.patch_valid.shape, -1, dtype=np.int64)
+        out[self.patch_valid] = token_objects(self.objects, self.patch_xyz[self.patch_valid], reach_m)
+        return out
+
+    def geometry(self, config: FrontEndConfig, views: Sequence[int] = None) -> SceneGeometry:
+        """Spatial-token geometry of these views (all by default), as the node's front end builds it."""
+        idx = list(range(len(self.images))) if views is None else sorted(views)
+        # (stamp, frame) names a view: SceneAnswerer caches CLIP features under it, so it must
+        # differ between scenes.
+        return build_scene_geometry(
+            self.images[idx],
+            self.patch_xyz[idx],
+            self.patch_valid[idx],
+            tuple(idx),
+            (f'synthetic_scene_{self.seed}',) * len(idx),
+            config,
+        )
+
+
+def signed_distance(points: np.ndarray, obj: SceneObject) -> np.ndarray:
+    """Signed distance (m, negative inside) of points (N, 3) to the object's surface."""
+    p = points - np.asarray(obj.centre)
+    if obj.shape == 'sphere':
+        return np.linalg.norm(p, axis=1) - obj.size[0] / 2
+    if obj.shape == 'box':
+        q = np.abs(p) - np.asarray(obj.size) / 2
+        return np.linalg.norm(np.maximum(q, 0.0), axis=1) + np.minimum(q.max(axis=1), 0.0)
+    q = np.stack([np.hypot(p[:, 0], p[:, 1]) - obj.size[0] / 2, np.abs(p[:, 2]) - obj.size[2] / 2], axis=1)
+    return np.linalg.norm(np.maximum(q, 0.0), axis=1) + np.minimum(q.max(axis=1), 0.0)
+
+
+def token_objects(objects: Sequence[SceneObject], centres: np.ndarray, reach_m: float = 0.08) -> np.ndarray:
+    """Index of the object each spatial token lies on (its centre within reach_m of the surface),
+    -1 for floor and walls. centres (M, 3) -> (M,) int64. Training's auxiliary labels."""
+    if not len(objects):
+        return np.full(len(centres), -1, dtype=np.int64)
+    distance = np.stack([signed_distance(centres, o) for o in objects], axis=1)  # (M, n_objects)
+    nearest = distance.argmin(axis=1)
+    return np.where(distance[np.arange(len(centres)), nearest] < reach_m, nearest, -1)
+
+
+def render_scene(seed: int, config: FrontEndConfig, n_views: int = VIEWS_PER_SCENE) -> SceneRecord:
+    objects = make_scene(seed, unique=True, min_size_m=MIN_OBJECT_SIZE_M)
+    width, height = RENDER_SIZES[seed % len(RENDER_SIZES)]
+    frames = room_frames(objects, n_views=n_views, width=width, height=height, seed=seed, defects=True)
+    # Every view is kept: the keyframe thresholds are the node's, and these views are 45 degrees apart.
+    front = SceneFrontEnd(dataclasses.replace(config, keyframes=KeyframePolicy(max_views=n_views)))
+    for f in frames:
+        front.add_view(f.rgb, f.depth.astype(np.float32) / 1000.0, f.K, f.pose, f.stamp_ns)
+    views = front.memory.snapshot()
+    return SceneRecord(
+        seed,
+        objects,
+        np.stack([v.rgb for v in views]),
+        np.stack([v.patch_xyz for v in views]),
+        np.stack([v.patch_valid for v in views]),
+    )
+
+
+def _render_job(args: Tuple[int, FrontEndConfig]) -> SceneRecord:
+    import torch
+
+    torch.set_num_threads(1)  # one process per core does the parallelism
+    return render_scene(*args)
+
+
+def render_split(split: str, count: int, config: FrontEndConfig, processes: int = 0) -> List[SceneRecord]:
+    """count scenes of a split, rendered in `processes` worker processes (0: one per CPU core)."""
+    first = SPLITS[split]
+    jobs = [(first + i, config) for i in range(count)]
+    processes = processes or multiprocessing.cpu_count()
+    if processes == 1 or count < 8:
+        return [render_scene(*job) for job in jobs]
+    # One thread per worker process (numpy's BLAS reads these when the worker imports it).
+    saved = {k: os.environ.get(k) for k in THREAD_VARIABLES}
+    os.environ.update({k: '1' for k in THREAD_VARIABLES})
+    try:
+        with multiprocessing.get_context('spawn').Pool(processes) as pool:
+            return pool.map(_render_job, jobs, chunksize=8)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -1,0 +1,55 @@
+"""Calibrated gating profiles: where `gating: auto` finds the schedule of the loaded checkpoint.
+
+A profile is JSON written by adatoken3d-calibrate (the lab's calibrate.py); the node reads only its
+`schedule`. It is looked up next to the checkpoint, then among the profiles the package ships,
+which are named by the id of the checkpoint's weights. ROS-free.
+"""
+
+import hashlib
+import json
+import pathlib
+from typing import List
+
+from ..share import share_candidates
+
+PROFILE_NAME = 'adatoken3d_gating.json'  # next to a checkpoint
+SHIPPED_PROFILES = pathlib.Path('models') / 'gating_profiles'  # in the package share (and source tree)
+
+
+def checkpoint_id(path) -> str:
+    """A short id of a checkpoint's weights, independent of where it is stored.
+
+    Hashes each safetensors shard's header (names, dtypes, shapes, offsets), its size and its first
+    MiB of data: fast on a 14 GB checkpoint, and different for different weights of the same shape.
+    """
+    digest = hashlib.sha256()
+    for shard in sorted(pathlib.Path(path).glob('*.safetensors')):
+        with open(shard, 'rb') as f:
+            header_len = int.from_bytes(f.read(8), 'little')
+            digest.update(f.read(header_len))
+            digest.update(f.read(1 << 20))
+        digest.update(str(shard.stat().st_size).encode())
+    return digest.hexdigest()[:16]
+
+
+def profile_candidates(model_path) -> List[pathlib.Path]:
+    """Where `gating: auto` looks for the profile of the checkpoint at model_path, in order."""
+    name = f'{checkpoint_id(model_path)}.json'
+    return [pathlib.Path(model_path) / PROFILE_NAME, *share_candidates(SHIPPED_PROFILES / name)]
+
+
+def resolve_gating(text: str, model_path) -> str:
+    """The gating text to run: `auto` becomes the calibrated schedule of this checkpoint (`auto~question`
+    the same scored by the question's tokens, gating.py)."""
+    base, tilde, raters = text.partition('~')
+    if base.strip() != 'auto':
+        return text
+    places = profile_candidates(model_path)
+    for place in places:
+        if place.is_file():
+            return json.loads(place.read_text())['schedule'] + tilde + raters
+    raise ValueError(
+        f'gating auto: no calibrated profile for the checkpoint at {model_path} (id '
+        f'{checkpoint_id(model_path)}); looked in {", ".join(str(p) for p in places)}. Run '
+        f'adatoken3d-calibrate {model_path} --dataset KIND:DIR, or set gating to a schedule'
+    )

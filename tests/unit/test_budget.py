@@ -1,0 +1,47 @@
+"""The budget controller's decision rule and the schedules it picks (budget.py), on hand-set cost models."""
+
+import numpy as np
+
+from adatoken3d_node import budget
+from adatoken3d_node.model.flops import LlamaShape
+from adatoken3d_node.model.gating_policy import parse_gating, quarter_layers, ratio_count
+
+
+def test_controller_picks_the_least_pruning_that_fits():
+    """Unit check of the decision rule on a hand-set cost model: linear in FLOPs, no decode cost."""
+    shape = LlamaShape(hidden=64, intermediate=176, num_layers=8, num_heads=4, num_kv_heads=4, head_dim=16, vocab=100)
+    cost = budget.CostModel(shape)
+    cost.prefill_coef = np.array([1000.0, 1000.0, 0.0, 0.0])  # 1 ms per MFLOP, no cost per cut
+    controller = budget.BudgetController(cost, min_keep_ratio=0.1)
+    dense_ms, _ = controller.predict(1.0, 50, 1000, 1)
+    margin = cost.safety_margin()
+    assert margin == 0.10  # before any budgeted query was seen
+    assert controller.decide(dense_ms / (1 - margin) + 1, 50, 1000, 1).policy_text == 'none'
+    tight = controller.decide(0.75 * dense_ms, 50, 1000, 1)
+    tighter = controller.decide(0.6 * dense_ms, 50, 1000, 1)
+    assert tight.fits and tighter.fits and 1.0 > tight.keep_ratio > tighter.keep_ratio >= 0.1
+    for decision, limit in ((tight, 0.75 * dense_ms), (tighter, 0.6 * dense_ms)):
+        aim = limit * (1 - margin)
+        assert decision.predicted_ms <= aim
+        # least pruning: keeping a bit more would not fit
+        assert controller.predict(decision.keep_ratio + 0.01, 50, 1000, 1)[0] > aim
+    floor = controller.decide(1.0, 50, 1000, 1)
+    assert not floor.fits and floor.keep_ratio == 0.1
+    assert floor.policy_text == budget.budget_schedule(8, 0.1) == 'schedule:2:0.4642,4:0.2154,6:0.1000'
+    # with the node's gating scored by the question, so are the schedules the budget picks
+    question = budget.BudgetController(cost, min_keep_ratio=0.1, raters='question')
+    assert question.decide(0.6 * dense_ms, 50, 1000, 1).keep_ratio == tighter.keep_ratio
+    assert question.decide(1.0, 50, 1000, 1).policy_text == 'schedule:2:0.4642,4:0.2154,6:0.1000~question'
+    assert parse_gating(question.decide(0.6 * dense_ms, 50, 1000, 1).policy_text, 8).raters == 'question'
+
+
+def test_tokens_per_layer_follow_the_schedule_the_gate_runs():
+    """The cost model's token counts are the counts the gated prefill keeps for the same schedule."""
+    for layers in (4, 8, 32):
+        for keep in (1.0, 0.5, 0.233, 0.1):
+            policy = parse_gating(budget.budget_schedule(layers, keep), layers)
+            counts = budget.tokens_per_layer(layers, 40, 340, keep)
+            assert len(counts) == layers and counts[0] == 380
+            assert list(policy.layers) == quarter_layers(layers)
+            for layer, ratio in zip(policy.layers, policy.ratios):
+                assert counts[layer] == 40 + ratio_count(ratio, 340)
