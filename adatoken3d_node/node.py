@@ -196,12 +196,12 @@ class Adatoken3dNode(LifecycleNode):
         self._diagnostics_timer = self._query_service = self._action_server = self._sensors = None
 
     def _release(self) -> None:
+        if self._engine is not None:
+            self._engine.release()  # the queued queries are answered first, and published
+            self._engine = None
         for publisher in self._publishers:
             self.destroy_lifecycle_publisher(publisher)
         self._publishers = []
-        if self._engine is not None:
-            self._engine.release()
-            self._engine = None
 
     # ------------------------------------------------------------------ sensors
     def _subscribe(self, msg_type, topic: str, qos: QoSProfile, callback):
