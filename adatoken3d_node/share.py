@@ -1,6 +1,7 @@
 """Files the package ships (config/, launch/, models/): the installed share directory, else the source tree."""
 
 import pathlib
+import sys
 from typing import List
 
 from .names import PACKAGE
@@ -11,15 +12,17 @@ SHIPPED_MODEL = pathlib.Path('models') / 'scene-llava3d-tiny'
 
 
 def share_candidates(relative) -> List[pathlib.Path]:
-    """Where a shipped file may be, in order: the ament index's share/adatoken3d, the source tree."""
+    """Where a shipped file may be, in order: the ament index's share/adatoken3d, the environment's
+    share/adatoken3d (where pip puts setup.py's data_files, also without ament_index_python), the
+    source tree."""
     places = []
     try:
         from ament_index_python.packages import get_package_share_directory
 
         places.append(pathlib.Path(get_package_share_directory(PACKAGE)) / relative)
-    except Exception:  # not installed in an ament index: running from the source tree
+    except Exception:  # not installed in an ament index
         pass
-    places.append(SOURCE_TREE / relative)
+    places += [pathlib.Path(sys.prefix) / 'share' / PACKAGE / relative, SOURCE_TREE / relative]
     return places
 
 
