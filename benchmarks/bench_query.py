@@ -63,11 +63,10 @@ def main() -> int:
     values = parameters.defaults()
     values['require_scene'] = False
     params.write_text(yaml.safe_dump({'/**': {'ros__parameters': values}}))
-    # The random-weight tiny model (the default before the trained scene model shipped), so these
-    # numbers stay comparable: the ROS and decoding path, not a model.
+    # The random checkpoint: what is measured is the ROS and decoding path, not a model.
     from adatoken3d_lab.random_checkpoint import create_random_llava3d
 
-    model = create_random_llava3d(params.parent / 'tiny-llava3d', params.parent / 'tiny-llava3d-clip', seed=0)
+    model = create_random_llava3d(params.parent / 'random-llava3d', params.parent / 'random-llava3d-clip', seed=0)
     with (
         NodeProcess(['device:=cpu', f'model_path:={model}', f'params_file:={params}'], log_path=log) as node,
         QueryClient() as client,
