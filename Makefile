@@ -27,8 +27,8 @@ endif
 export ROS_DOMAIN_ID
 
 INTERFACE_SOURCES := $(shell find ros2_ws/src/adatoken3d_interfaces ros2_ws/pip_only -type f) tools/pip_ros_env.py
-PACKAGE_SOURCES := setup.py setup.cfg package.xml resource/adatoken3d \
-	$(shell find adatoken3d_node adatoken3d_lab launch config models -maxdepth 3 -type f \( -name '*.py' -o -name '*.yaml' -o -name '*.xml' -o -name '*.md' -o -name '*.json' -o -name '*.safetensors' \))
+PACKAGE_SOURCES := setup.py setup.cfg package.xml resource/adatoken3d lab/resource/adatoken3d_lab \
+	$(shell find adatoken3d_node lab launch config models -maxdepth 4 -type f \( -name '*.py' -o -name '*.yaml' -o -name '*.xml' -o -name '*.md' -o -name '*.json' -o -name '*.safetensors' \))
 
 .PHONY: setup lint test demo bench train-tiny lock check-loopback clean
 .DEFAULT_GOAL := setup
@@ -49,7 +49,8 @@ $(VENV)/.stamp-interfaces: $(VENV)/.stamp-deps $(INTERFACE_SOURCES)
 
 $(VENV)/.stamp-package: $(VENV)/.stamp-interfaces $(PACKAGE_SOURCES)
 	$(PIP) install -q --no-deps --no-build-isolation --force-reinstall .
-	rm -rf build/lib build/bdist.* adatoken3d.egg-info
+	$(PIP) install -q --no-deps --no-build-isolation --force-reinstall ./lab   # after: it depends on the runtime
+	rm -rf build/lib build/bdist.* adatoken3d.egg-info lab/build lab/adatoken3d_lab.egg-info
 	touch $@
 
 lint: $(VENV)/.stamp-deps
@@ -70,8 +71,8 @@ bench: setup
 
 # Retrain the shipped model from scratch (seeded), calibrate its gating profile, reinstall.
 train-tiny: $(VENV)/.stamp-interfaces
-	$(PY) -m adatoken3d_lab.training.train --out models/scene-llava3d-tiny
-	$(PY) -m adatoken3d_lab.calibrate models/scene-llava3d-tiny --dataset synthetic:val:40 --ship
+	PYTHONPATH=lab $(PY) -m adatoken3d_lab.training.train --out models/scene-llava3d-tiny
+	PYTHONPATH=lab $(PY) -m adatoken3d_lab.calibrate models/scene-llava3d-tiny --dataset synthetic:val:40 --ship
 	$(MAKE) setup
 
 # Regenerate the lock file from what is installed in .venv.
@@ -85,4 +86,4 @@ check-loopback: setup
 	$(PY) tools/check_loopback.py -- $(VENV)/bin/pytest
 
 clean:
-	rm -rf $(VENV) build adatoken3d.egg-info
+	rm -rf $(VENV) build adatoken3d.egg-info lab/build lab/adatoken3d_lab.egg-info

@@ -17,8 +17,8 @@ PACKAGE = 'adatoken3d'
 setup(
     name=PACKAGE,
     version='0.1.0',
-    # adatoken3d_node: what runs on the robot; adatoken3d_lab: training, evaluation, calibration, demo, bag tools
-    packages=find_packages(include=['adatoken3d_node', 'adatoken3d_node.*', 'adatoken3d_lab', 'adatoken3d_lab.*']),
+    # what runs on the robot; the lab (training, evaluation, calibration, demo, bag tools) is lab/, a package of its own
+    packages=find_packages(include=['adatoken3d_node', 'adatoken3d_node.*']),
     data_files=[
         ('share/ament_index/resource_index/packages', [f'resource/{PACKAGE}']),
         (f'share/{PACKAGE}', ['package.xml']),
@@ -43,11 +43,6 @@ setup(
         'console_scripts': [
             'adatoken3d_node = adatoken3d_node.node:main',
             'adatoken3d-bringup = adatoken3d_node.bringup:main',
-            'adatoken3d-demo = adatoken3d_lab.demo:main',
-            'adatoken3d-bag = adatoken3d_lab.bags:main',
-            'adatoken3d-make-random-llava3d = adatoken3d_lab.random_checkpoint:main',
-            'adatoken3d-calibrate = adatoken3d_lab.calibrate:main',
-            'adatoken3d-train-tiny = adatoken3d_lab.training.train:main',
         ]
     },
 )

@@ -48,11 +48,11 @@ def colcon_install(tmp_path_factory):
         timeout=600,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert 'Summary: 2 packages finished' in result.stdout
+    assert 'Summary: 3 packages finished' in result.stdout
     return base / 'install'
 
 
-def test_colcon_installs_both_packages_where_ros2_expects_them(colcon_install):
+def test_colcon_installs_every_package_where_ros2_expects_it(colcon_install):
     assert (colcon_install / 'adatoken3d' / 'lib' / 'adatoken3d' / 'adatoken3d_node').is_file()
     share = colcon_install / 'adatoken3d' / 'share' / 'adatoken3d'
     for relative in ('package.xml', 'launch/bringup.launch.py', 'config/adatoken3d.yaml'):
@@ -63,6 +63,9 @@ def test_colcon_installs_both_packages_where_ros2_expects_them(colcon_install):
     assert (
         colcon_install / 'adatoken3d_interfaces' / 'share' / 'adatoken3d_interfaces' / 'msg' / 'QueryMetrics.msg'
     ).is_file()
+    # the lab is a package of its own: its tools beside it, nothing of it in the runtime's install
+    assert (colcon_install / 'adatoken3d_lab' / 'lib' / 'adatoken3d_lab' / 'adatoken3d-demo').is_file()
+    assert not list((colcon_install / 'adatoken3d').rglob('adatoken3d_lab'))
 
 
 def test_the_colcon_installed_node_answers_a_query(colcon_install, random_model, tmp_path):

@@ -7,7 +7,8 @@ import ast
 import pathlib
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-PACKAGES = ('adatoken3d_node', 'adatoken3d_lab')
+# Python package -> the directory it lives in (the runtime at the root, the lab in its own ROS package)
+PACKAGES = {'adatoken3d_node': REPO / 'adatoken3d_node', 'adatoken3d_lab': REPO / 'lab' / 'adatoken3d_lab'}
 # ROS-free core of the runtime: everything but the ROS edge
 ROS_EDGE = {
     'adatoken3d_node.node',
@@ -34,7 +35,8 @@ ROS_MODULES = (
 
 
 def module_name(path: pathlib.Path) -> str:
-    parts = path.relative_to(REPO).with_suffix('').parts
+    root = next(d for d in PACKAGES.values() if d in path.parents)
+    parts = path.relative_to(root.parent).with_suffix('').parts
     return '.'.join(parts[:-1] if parts[-1] == '__init__' else parts)
 
 
@@ -57,7 +59,7 @@ def imports(path: pathlib.Path) -> set:
 
 
 def graph() -> dict:
-    modules = {module_name(p): p for package in PACKAGES for p in (REPO / package).rglob('*.py')}
+    modules = {module_name(p): p for directory in PACKAGES.values() for p in directory.rglob('*.py')}
     return {
         name: {m for m in imports(path) if m in modules and m != name}
         | {'__external__:' + m for m in imports(path) if m.split('.')[0] not in PACKAGES}

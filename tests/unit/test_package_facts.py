@@ -196,3 +196,12 @@ def test_the_package_is_installed_in_the_ament_index():
         'config/fastdds_loopback.xml',
     ):
         assert (share / relative).is_file(), relative
+
+
+def test_the_lab_is_a_package_of_its_own_that_depends_on_the_runtime():
+    runtime, lab = ET.parse(REPO / 'package.xml').getroot(), ET.parse(REPO / 'lab' / 'package.xml').getroot()
+    assert lab.findtext('name') == 'adatoken3d_lab' and lab.findtext('version') == runtime.findtext('version')
+    assert names.PACKAGE in {e.text for e in lab.findall('exec_depend')}
+    assert 'adatoken3d_lab' not in {e.text for e in runtime.iter() if e.tag.endswith('depend')}
+    assert lab.find('export/build_type').text == 'ament_python'
+    assert (REPO / 'ros2_ws' / 'src' / 'adatoken3d_lab').resolve() == (REPO / 'lab').resolve()  # colcon finds it
