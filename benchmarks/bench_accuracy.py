@@ -11,6 +11,10 @@ lower-casing. FLOPs are the prefill's, counted exactly (scoring included), summe
 Every scored policy but two FastV points also runs with the question's tokens as raters
 (`~question`, gating.py), labelled `<label>_question`.
 
+The same for two held-out splits drawn differently (training/dataset.SPLIT_KINDS): `shifted`, rooms
+in styles the training never saw (synthetic.sample_style), and `clutter`, 12-25 small objects and
+1500+ spatial tokens a scene; they go under "splits" in the JSON.
+
 Writes benchmarks/results/accuracy.json and benchmarks/results/accuracy.png.
 """
 
@@ -54,6 +58,23 @@ def policies(num_layers: int, model_path) -> dict:
     for label in [label for label in out if label.startswith(('adatoken', 'calibrated', 'mass', 'fastv_k1'))]:
         out[f'{label}{QUESTION}'] = f'{out[label]}~question'
     return out
+
+
+def run_split(answerer, config, texts: dict, split: str, count: int):
+    """Every policy on `count` scenes of a split: (records, the dense Accuracy, label -> JSON row)."""
+    records = render_split(split, count, config)
+    results = evaluate(answerer, records, config, {label: answerer.policy(text) for label, text in texts.items()})
+    dense = results['dense']
+    rows = {}
+    for label, acc in results.items():
+        rows[label] = {'gating': texts[label], **acc.summary()}
+        rows[label]['overall_delta_points'] = round(100 * (acc.overall - dense.overall), 2)
+        print(
+            f'{split:8s} {label:27s} FLOPs -{acc.flops_reduction:6.1%}  overall {acc.overall:6.1%}  '
+            + '  '.join(f'{f[:5]} {acc.family(f):5.1%}' for f in questions.FAMILIES),
+            flush=True,
+        )
+    return records, dense, rows
 
 
 def plot(results: dict, path: pathlib.Path) -> None:
@@ -114,41 +135,58 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog='bench_accuracy', description=__doc__.split('\n\n')[0])
     parser.add_argument('--model', type=pathlib.Path, default=None, help='default: the shipped scene model')
     parser.add_argument('--scenes', type=int, default=60, help='held-out test scenes')
+    parser.add_argument('--shifted-scenes', type=int, default=30, help='scenes of the shifted split (0: none)')
+    parser.add_argument('--clutter-scenes', type=int, default=15, help='scenes of the clutter split (0: none)')
     parser.add_argument('--device', default='cpu')
+    parser.add_argument(
+        '--policies', default='', help='comma-separated labels to run (e.g. dense, for a quick look at a model)'
+    )
     parser.add_argument('--output', type=pathlib.Path, default=None, help='default: benchmarks/results/accuracy.json')
     args = parser.parse_args(argv)
     model_path = args.model or default_model_dir()
     answerer = SceneAnswerer.load(model_path, device=args.device)
     model = answerer.model
     config = FrontEndConfig.for_model(model)
-    start = time.monotonic()
-    records = render_split('test', args.scenes, config)
     texts = policies(answerer.num_layers, model_path)
-    results = evaluate(answerer, records, config, {label: answerer.policy(text) for label, text in texts.items()})
-    dense = results['dense']
-    rows = {}
-    for label, acc in results.items():
-        row = {'gating': texts[label], **acc.summary()}
-        row['overall_delta_points'] = round(100 * (acc.overall - dense.overall), 2)
-        rows[label] = row
-        print(
-            f'{label:27s} {texts[label]:51s} FLOPs -{acc.flops_reduction:6.1%}  overall {acc.overall:6.1%}  '
-            + '  '.join(f'{f[:5]} {acc.family(f):5.1%}' for f in questions.FAMILIES),
-            flush=True,
-        )
+    if args.policies:
+        texts = {label: texts[label] for label in args.policies.split(',')}
+    start = time.monotonic()
+    records, dense, rows = run_split(answerer, config, texts, 'test', args.scenes)
+    seconds = round(time.monotonic() - start, 1)
     spatial = [record.geometry(config).num_tokens for record in records]
+    splits = {}
+    for split, count in (('shifted', args.shifted_scenes), ('clutter', args.clutter_scenes)):
+        if count:
+            split_start = time.monotonic()
+            split_records, _, split_rows = run_split(answerer, config, texts, split, count)
+            tokens = [record.geometry(config).num_tokens for record in split_records]
+            splits[split] = {
+                'scenes': len(split_records),
+                'seeds': [split_records[0].seed, split_records[-1].seed],
+                'questions': split_rows['dense']['questions'],
+                'mean_spatial_tokens': round(sum(tokens) / len(tokens), 1),
+                'min_spatial_tokens': min(tokens),
+                'seconds': round(time.monotonic() - split_start, 1),
+                'policies': split_rows,
+            }
     out = {
         'benchmark': 'accuracy',
         'machine': machine(),
-        'command': 'python -m benchmarks.bench_accuracy' + (f' --scenes {args.scenes}' if args.scenes != 60 else ''),
+        'command': 'python -m benchmarks.bench_accuracy'
+        + ''.join(
+            f' --{name.replace("_", "-")} {value}'
+            for name, value in vars(args).items()
+            if (name.endswith('scenes') or name == 'policies') and value != parser.get_default(name)
+        ),
         'model': {'name': pathlib.Path(model_path).name, 'path': str(model_path), 'layers': answerer.num_layers},
         'scenes': len(records),
         'test_seeds': [records[0].seed, records[-1].seed],
         'questions': sum(dense.asked.values()),
         'mean_spatial_tokens': round(sum(spatial) / len(spatial), 1),
-        'seconds': round(time.monotonic() - start, 1),
+        'seconds': seconds,
         'policies': rows,
         'dense_mistakes': [dict(zip(('scene_seed', 'question', 'truth', 'answer'), w)) for w in dense.wrong],
+        'splits': splits,
     }
     path = write_results('accuracy', out) if args.output is None else args.output
     if args.output is not None:

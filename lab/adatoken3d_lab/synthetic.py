@@ -5,6 +5,7 @@ a pose maps optical-frame points to world.  Depth is the optical-frame z in mill
 (uint16, 0 = no reading).
 """
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -66,12 +67,19 @@ class SceneObject:
 
 
 def make_scene(
-    seed: int, n_objects: Optional[int] = None, unique: bool = False, min_size_m: float = 0.2
+    seed: int,
+    n_objects: Optional[int] = None,
+    unique: bool = False,
+    min_size_m: float = 0.2,
+    max_size_m: float = 0.6,
+    shade_jitter: float = 0.0,
 ) -> List[SceneObject]:
     """2-8 non-overlapping objects resting on the floor inside a 4 m x 4 m area (seeded).
 
     unique: no two objects share both colour and shape, so "the red box" names one object
-    (question-answering scenes need that). min_size_m: smallest edge/diameter (largest is 0.6 m).
+    (question-answering scenes need that). min_size_m, max_size_m: smallest and largest
+    edge/diameter. shade_jitter: each object's colour is its named colour scaled by a factor in
+    1 +- shade_jitter per channel (another shade of the same colour name).
     """
     rng = np.random.default_rng(seed)
     n = int(rng.integers(2, 9)) if n_objects is None else int(n_objects)
@@ -85,12 +93,12 @@ def make_scene(
                 if unique and any((o.shape, o.colour_name) == (shape, colour) for o in objects):
                     continue
                 if shape == 'box':
-                    size = tuple(float(v) for v in rng.uniform(min_size_m, 0.6, 3))
+                    size = tuple(float(v) for v in rng.uniform(min_size_m, max_size_m, 3))
                 elif shape == 'sphere':
-                    d = float(rng.uniform(min_size_m, 0.6))
+                    d = float(rng.uniform(min_size_m, max_size_m))
                     size = (d, d, d)
                 else:
-                    d, h = (float(v) for v in rng.uniform(min_size_m, 0.6, 2))
+                    d, h = (float(v) for v in rng.uniform(min_size_m, max_size_m, 2))
                     size = (d, d, h)
                 probe = SceneObject(shape, colour, COLOURS[colour], (0.0, 0.0, 0.0), size)
                 r = probe.footprint_radius
@@ -101,6 +109,12 @@ def make_scene(
             else:
                 break
         if len(objects) == n:
+            if shade_jitter:  # a stream of its own: the same scene, other shades
+                shades = np.random.default_rng([seed, 3]).uniform(1 - shade_jitter, 1 + shade_jitter, (n, 3))
+                objects = [
+                    dataclasses.replace(o, rgb=tuple(int(v) for v in np.clip(np.rint(np.asarray(o.rgb) * f), 0, 255)))
+                    for o, f in zip(objects, shades)
+                ]
             return objects
     raise RuntimeError(f'could not place {n} non-overlapping objects')
 
@@ -227,9 +241,48 @@ def _bands(points: np.ndarray) -> np.ndarray:
     return np.where(np.floor(points[:, 2] / 0.1).astype(np.int64) % 2 == 0, 1.0, 0.5)
 
 
+def _stripes(points: np.ndarray) -> np.ndarray:
+    """Vertical stripes 0.08 m wide along x + y, alternating full and 0.6 brightness."""
+    return np.where(np.floor((points[:, 0] + points[:, 1]) / 0.08).astype(np.int64) % 2 == 0, 1.0, 0.6)
+
+
+def _dots(points: np.ndarray) -> np.ndarray:
+    """Dark dots on a 0.1 m grid (0.55 brightness within 0.025 m of a grid point)."""
+    offset = np.abs(points / 0.1 - np.rint(points / 0.1)) * 0.1
+    return np.where(np.linalg.norm(offset, axis=1) < 0.025, 0.55, 1.0)
+
+
+def _tiles(points: np.ndarray) -> np.ndarray:
+    """Floors: 0.5 m tiles with dark 2 cm grout lines."""
+    edge = np.abs(points[:, :2] / 0.5 - np.rint(points[:, :2] / 0.5)) * 0.5
+    return np.where((edge < 0.01).any(axis=1), 0.45, 1.0)
+
+
+PATTERNS = {'checker': _checker, 'bands': _bands, 'stripes': _stripes, 'dots': _dots, 'tiles': _tiles}
+
 # The material of each shape (render(textured=True)): like the materials of real object classes, it
 # makes the shape visible in a small patch, not only in an object's outline; spheres are plain.
 SHAPE_TEXTURES = {'box': _checker, 'cylinder': _bands}
+CEILING_RGB = (235, 235, 230)
+
+
+@dataclass(frozen=True)
+class RenderStyle:
+    """How a room is drawn, beyond its objects: what a model must not learn to lean on.
+
+    The default is the standard style, the one the shipped model was trained on: boxes checkered,
+    cylinders banded, spheres plain, a plain floor, no ceiling, LIGHT_DIR at 0.45 ambient + 0.55.
+    """
+
+    textures: Tuple[Tuple[str, str], ...] = (('box', 'checker'), ('cylinder', 'bands'))  # (shape, pattern)
+    floor: str = 'plain'  # plain, or a PATTERNS name
+    ceiling: bool = False  # closed rooms only
+    light_dir: Tuple[float, float, float] = tuple(float(v) for v in LIGHT_DIR)
+    ambient: float = 0.45
+    light: float = 0.55
+
+
+STANDARD_STYLE = RenderStyle()
 
 
 def _wall_hits(o, d, room_half_m: Optional[float] = None):
@@ -272,10 +325,17 @@ def render(
     walls: bool = False,
     room_half_m: Optional[float] = None,
     textured: bool = False,
+    style: Optional[RenderStyle] = None,
 ) -> Tuple[np.ndarray, np.ndarray]:
     """Ray-cast one ray per pixel centre; returns (rgb (H,W,3) uint8, depth (H,W) uint16 mm).
     walls: two walls behind the scene; room_half_m: a closed square room of that half-width instead.
-    textured: each shape has its material's pattern (SHAPE_TEXTURES) over its colour."""
+    textured: each shape has its material's pattern (SHAPE_TEXTURES) over its colour.
+    style: textures, floor, ceiling and lighting (RenderStyle); it overrides `textured`."""
+    if style is not None:
+        textured = True
+        textures = {shape: PATTERNS[name] for shape, name in style.textures if name != 'plain'}
+    else:
+        style, textures = STANDARD_STYLE, SHAPE_TEXTURES
     o, d = pixel_rays(K, pose, width, height)
     n_rays = len(d)
     best_t = np.full(n_rays, np.inf)
@@ -286,9 +346,13 @@ def render(
 
     # (ray indices or None for all, (t, normals) of those rays, colour); an object is only
     # intersected with the rays of its projected bounding box: most of the image never meets it.
-    candidates = [(None, _hit_plane_z(o, d, 0.0), FLOOR_RGB)]
+    candidates = [(None, _hit_plane_z(o, d, 0.0), FLOOR_RGB, 'floor')]
     if walls or room_half_m is not None:
         candidates += [(None, hit, WALL_RGB) for hit in _wall_hits(o, d, room_half_m)]
+    if style.ceiling and room_half_m is not None:
+        t, n = _hit_plane_z(o, d, WALL_HEIGHT_M)
+        inside = np.all(np.abs(o[:2] + d[:, :2] * np.where(np.isfinite(t), t, 0.0)[:, None]) <= room_half_m, axis=1)
+        candidates.append((None, (np.where(inside, t, np.inf), -n), CEILING_RGB))
     for obj in objects:
         rays = _screen_rays(obj, K, pose, width, height)
         candidates.append((rays, _HITTERS[obj.shape](o, d if rays is None else d[rays], obj), obj.rgb, obj.shape))
@@ -303,14 +367,22 @@ def render(
         if textured:
             shape_of[hit] = shape[0] if shape else ''
     if textured:
-        for shape_name, pattern in SHAPE_TEXTURES.items():
+        for shape_name, pattern in [
+            *textures.items(),
+            *([('floor', PATTERNS[style.floor])] if style.floor != 'plain' else []),
+        ]:
             on = np.flatnonzero((shape_of == shape_name) & np.isfinite(best_t))
             if len(on):
                 best_rgb[on] *= pattern(o + d[on] * best_t[on, None])[:, None]
 
     ray_len = best_t * np.linalg.norm(d, axis=1)
     valid = np.isfinite(best_t) & (ray_len <= MAX_RANGE_M)
-    shade = 0.45 + 0.55 * np.clip(best_n @ LIGHT_DIR, 0.0, 1.0)
+    light_dir = (
+        LIGHT_DIR
+        if style.light_dir == STANDARD_STYLE.light_dir
+        else np.asarray(style.light_dir) / np.linalg.norm(style.light_dir)
+    )
+    shade = style.ambient + style.light * np.clip(best_n @ light_dir, 0.0, 1.0)
     colour = np.where((valid & shaded)[:, None], best_rgb * shade[:, None], np.asarray(SKY_RGB, float))
     rgb = np.clip(np.rint(colour), 0, 255).astype(np.uint8).reshape(height, width, 3)
     depth_mm = np.where(valid, np.rint(np.where(valid, best_t, 0.0) * 1000.0), 0.0)
@@ -387,6 +459,48 @@ def orbit_frames(
     return frames
 
 
+@dataclass(frozen=True)
+class CameraPath:
+    """Where room_frames' camera walks. The default is the standard path: once around the room
+    between the walls and the object area (2.5-2.9 m from the centre), 1.0-1.6 m high, aimed at a
+    point within aim_m of the centre. inside: circling within the object area instead (radius
+    1.0-1.5 m), as a robot driving among the objects would."""
+
+    radius_m: Tuple[float, float] = (2.5, 2.9)
+    height_m: Tuple[float, float] = (1.0, 1.6)
+    aim_m: float = 0.4
+
+
+STANDARD_PATH = CameraPath()
+
+
+@dataclass(frozen=True)
+class DepthDefects:
+    """Depth sensor defects: relative Gaussian noise, missing pixels at random, and missing blobs
+    (glossy or dark surfaces) and a missing border strip (a stereo camera's invalid band)."""
+
+    noise_fraction: float = 0.01
+    missing_fraction: float = 0.05
+    blobs: int = 0
+    border_px: int = 0
+
+
+STANDARD_DEFECTS = DepthDefects()
+
+
+def add_depth_holes(depth: np.ndarray, rng: np.random.Generator, defects: DepthDefects) -> np.ndarray:
+    """Blobs of radius 3-12% of the image height set to 0, and a left border strip."""
+    out = depth.copy()
+    h, w = out.shape
+    rows, cols = np.mgrid[0:h, 0:w]
+    for _ in range(defects.blobs):
+        r = rng.uniform(0.03, 0.12) * h
+        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+        out[(rows - cy) ** 2 + (cols - cx) ** 2 < r * r] = 0
+    out[:, : defects.border_px] = 0
+    return out
+
+
 def room_frames(
     objects: Sequence[SceneObject],
     n_views: int = 8,
@@ -398,14 +512,17 @@ def room_frames(
     max_range_m: float = 4.5,
     start_ns: int = 1_000_000_000,
     period_s: float = 0.2,
+    style: Optional[RenderStyle] = None,
+    path: CameraPath = STANDARD_PATH,
+    depth_defects: DepthDefects = STANDARD_DEFECTS,
 ) -> List[RGBDFrame]:
     """A robot's camera walking once around the inside of a closed room, looking at its middle.
 
-    Seeded per scene: start angle, direction, distance from the room centre (2.5-2.9 m), camera
-    height (1.0-1.6 m) and aim (a point within 0.4 m of the centre) vary, so no two scenes are
-    seen from the same poses. The room centre is the world origin; objects stand inside +-2 m.
-    Depth reads 0 beyond max_range_m, as an RGB-D camera's does (the colour still shows it).
-    Objects are textured by shape (SHAPE_TEXTURES).
+    Seeded per scene: start angle, direction, distance from the room centre, camera height and aim
+    (CameraPath) vary, so no two scenes are seen from the same poses. The room centre is the world
+    origin; objects stand inside +-2 m. Depth reads 0 beyond max_range_m, as an RGB-D camera's
+    does (the colour still shows it). Objects are textured by shape (SHAPE_TEXTURES), or as `style`
+    says.
     """
     K = intrinsics(width, height)
     rng = np.random.default_rng(seed)
@@ -414,13 +531,59 @@ def room_frames(
     frames = []
     for i in range(n_views):
         angle = start + direction * 2.0 * np.pi * (i + rng.uniform(-0.2, 0.2)) / n_views
-        radius, cam_height = rng.uniform(2.5, 2.9), rng.uniform(1.0, 1.6)
+        radius, cam_height = rng.uniform(*path.radius_m), rng.uniform(*path.height_m)
         eye = np.array([radius * np.cos(angle), radius * np.sin(angle), cam_height])
-        target = np.array([*rng.uniform(-0.4, 0.4, 2), rng.uniform(0.0, 0.3)])
+        target = np.array([*rng.uniform(-path.aim_m, path.aim_m, 2), rng.uniform(0.0, 0.3)])
         pose = look_at(eye, target)
-        rgb, depth = render(objects, K, pose, width, height, room_half_m=room_half_m, textured=True)
+        rgb, depth = render(objects, K, pose, width, height, room_half_m=room_half_m, textured=True, style=style)
         depth[depth > max_range_m * 1000.0] = 0
         if defects:
-            depth = add_depth_defects(depth, rng)
+            depth = add_depth_defects(depth, rng, depth_defects.missing_fraction, depth_defects.noise_fraction)
+            if depth_defects != STANDARD_DEFECTS:
+                depth = add_depth_holes(depth, rng, depth_defects)
         frames.append(RGBDFrame(rgb=rgb, depth=depth, K=K.copy(), pose=pose, stamp_ns=start_ns + i * period_ns))
     return frames
+
+
+def sample_style(rng: np.random.Generator, held_out: bool) -> Tuple[RenderStyle, CameraPath, DepthDefects]:
+    """A randomised way to draw a room. held_out=False draws from the ranges a randomised training
+    set may use; held_out=True from settings those never produce (the shifted test split):
+
+        textures     training: any pattern or none on boxes and cylinders, spheres plain, banded or dotted
+                     held out: checkered or striped spheres
+        lighting     training: light 30-90 degrees above the horizon, ambient 0.30-0.60
+                     held out: light 10-25 degrees above the horizon, ambient 0.62-0.75
+        camera path  training: around the room outside the object area, 0.5-1.8 m high
+                     held out: circling inside the object area (1.0-1.5 m from the centre), 1.3-1.7 m high
+    Both: floors plain, checkered or tiled, a ceiling half the time, depth holes of several kinds.
+    """
+    patterns = ('plain', 'checker', 'bands', 'stripes', 'dots')
+    box, cylinder = (str(rng.choice(patterns)) for _ in range(2))
+    sphere = str(rng.choice(('checker', 'stripes') if held_out else ('plain', 'bands', 'dots')))
+    elevation = np.radians(rng.uniform(10, 25) if held_out else rng.uniform(30, 90))
+    azimuth = rng.uniform(0, 2 * np.pi)
+    light_dir = (
+        float(np.cos(elevation) * np.cos(azimuth)),
+        float(np.cos(elevation) * np.sin(azimuth)),
+        float(np.sin(elevation)),
+    )
+    ambient = float(rng.uniform(0.62, 0.75) if held_out else rng.uniform(0.30, 0.60))
+    style = RenderStyle(
+        textures=(('box', box), ('cylinder', cylinder), ('sphere', sphere)),
+        floor=str(rng.choice(('plain', 'checker', 'tiles'))),
+        ceiling=bool(rng.random() < 0.5),
+        light_dir=light_dir,
+        ambient=ambient,
+        light=float(min(1.0 - ambient + 0.2, rng.uniform(0.4, 0.7))),
+    )
+    if held_out:
+        path = CameraPath(radius_m=(1.0, 1.5), height_m=(1.3, 1.7), aim_m=0.4)
+    else:
+        path = CameraPath(radius_m=(2.2, 2.9), height_m=(0.5, 1.8), aim_m=1.0)
+    defects = DepthDefects(
+        noise_fraction=float(rng.uniform(0.005, 0.02)),
+        missing_fraction=float(rng.uniform(0.0, 0.08)),
+        blobs=int(rng.integers(0, 5)),
+        border_px=int(rng.choice((0, 0, 4, 8))),
+    )
+    return style, path, defects

@@ -6,7 +6,9 @@
          -> SceneFrontEnd.add_view (as the node)    resize/crop to the vision tower's input, patch xyz
          -> SceneRecord                             per-view images and patch geometry + the objects
 
-Splits are disjoint by scene seed (SPLITS). A record's spatial tokens are built per use with
+Splits are disjoint by scene seed (SPLITS) and say how their scenes are drawn (SPLIT_KINDS): train,
+val and test in the standard style; shifted in room styles the training never saw; clutter with
+12-25 small objects. A record's spatial tokens are built per use with
 frontend.build_scene_geometry, so training can drop views (a different token set each epoch).
 """
 
@@ -14,18 +16,48 @@ import dataclasses
 import multiprocessing
 import os
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from adatoken3d_node.perception.frontend import FrontEndConfig, SceneFrontEnd, SceneGeometry, build_scene_geometry
 from adatoken3d_node.perception.keyframes import KeyframePolicy
-from ..synthetic import SceneObject, make_scene, room_frames
+from ..synthetic import ROOM_HALF_M, SceneObject, make_scene, room_frames, sample_style
 
 # First scene seed of each split; a split of n scenes uses seeds first .. first + n - 1.
-SPLITS = {'train': 0, 'val': 1_000_000, 'test': 2_000_000}
+SPLITS = {'train': 0, 'val': 1_000_000, 'test': 2_000_000, 'shifted': 3_000_000, 'clutter': 4_000_000}
 VIEWS_PER_SCENE = 8
 MIN_OBJECT_SIZE_M = 0.25
+
+
+@dataclass(frozen=True)
+class SceneKind:
+    """How a split's scenes are drawn (synthetic.py): which objects, how many views, which room style."""
+
+    objects: Optional[Tuple[int, int]] = None  # inclusive range of objects a scene; None: make_scene's 2-8
+    min_size_m: float = MIN_OBJECT_SIZE_M
+    max_size_m: float = 0.6
+    shade_jitter: float = 0.0
+    views: int = VIEWS_PER_SCENE
+    max_range_m: float = 4.5
+    room_half_m: float = ROOM_HALF_M
+    style: str = 'standard'  # standard, or synthetic.sample_style's 'randomised' or 'held_out' settings
+
+
+STANDARD_KIND = SceneKind()
+# What a randomised training set draws (train.py --randomised): any room style but the held-out ones,
+# other shades and sizes, and now and then a busier room.
+RANDOMISED_KIND = SceneKind(min_size_m=0.2, max_size_m=0.7, shade_jitter=0.15, style='randomised')
+SPLIT_KINDS = {
+    'train': STANDARD_KIND,
+    'val': STANDARD_KIND,
+    'test': STANDARD_KIND,
+    # rooms drawn with settings the training never saw (synthetic.sample_style), other shades and sizes
+    'shifted': SceneKind(min_size_m=0.2, max_size_m=0.7, shade_jitter=0.15, style='held_out'),
+    # 12-25 small objects (several of a colour, several of a shape) in a larger room, seen from 16 views,
+    # the whole room in range: 1500+ spatial tokens
+    'clutter': SceneKind(objects=(12, 25), min_size_m=0.12, max_size_m=0.3, views=16, max_range_m=9.0, room_half_m=4.5),
+}
 # Camera resolutions the scenes are rendered at (4:3, like most RGB-D cameras); the front end
 # scales them to the vision tower's input, so the model sees both the same way.
 RENDER_SIZES = ((214, 160), (320, 240))
@@ -83,12 +115,36 @@ def token_objects(objects: Sequence[SceneObject], centres: np.ndarray, reach_m: 
     return np.where(distance[np.arange(len(centres)), nearest] < reach_m, nearest, -1)
 
 
-def render_scene(seed: int, config: FrontEndConfig, n_views: int = VIEWS_PER_SCENE) -> SceneRecord:
-    objects = make_scene(seed, unique=True, min_size_m=MIN_OBJECT_SIZE_M)
+def render_scene(seed: int, config: FrontEndConfig, kind: SceneKind = STANDARD_KIND) -> SceneRecord:
+    n_objects = (
+        None if kind.objects is None else int(np.random.default_rng([seed, 2]).integers(*kind.objects, endpoint=True))
+    )
+    objects = make_scene(
+        seed,
+        n_objects,
+        unique=True,
+        min_size_m=kind.min_size_m,
+        max_size_m=kind.max_size_m,
+        shade_jitter=kind.shade_jitter,
+    )
+    style = {}
+    if kind.style != 'standard':
+        drawn = sample_style(np.random.default_rng([seed, 1]), held_out=kind.style == 'held_out')
+        style = dict(zip(('style', 'path', 'depth_defects'), drawn))
     width, height = RENDER_SIZES[seed % len(RENDER_SIZES)]
-    frames = room_frames(objects, n_views=n_views, width=width, height=height, seed=seed, defects=True)
-    # Every view is kept: the keyframe thresholds are the node's, and these views are 45 degrees apart.
-    front = SceneFrontEnd(dataclasses.replace(config, keyframes=KeyframePolicy(max_views=n_views)))
+    frames = room_frames(
+        objects,
+        n_views=kind.views,
+        width=width,
+        height=height,
+        seed=seed,
+        defects=True,
+        max_range_m=kind.max_range_m,
+        room_half_m=kind.room_half_m,
+        **style,
+    )
+    # Every view is kept: the keyframe thresholds are the node's, and these views are far apart.
+    front = SceneFrontEnd(dataclasses.replace(config, keyframes=KeyframePolicy(max_views=kind.views)))
     for f in frames:
         front.add_view(f.rgb, f.depth.astype(np.float32) / 1000.0, f.K, f.pose, f.stamp_ns)
     views = front.memory.snapshot()
@@ -101,17 +157,20 @@ def render_scene(seed: int, config: FrontEndConfig, n_views: int = VIEWS_PER_SCE
     )
 
 
-def _render_job(args: Tuple[int, FrontEndConfig]) -> SceneRecord:
+def _render_job(args: Tuple[int, FrontEndConfig, SceneKind]) -> SceneRecord:
     import torch
 
     torch.set_num_threads(1)  # one process per core does the parallelism
     return render_scene(*args)
 
 
-def render_split(split: str, count: int, config: FrontEndConfig, processes: int = 0) -> List[SceneRecord]:
-    """count scenes of a split, rendered in `processes` worker processes (0: one per CPU core)."""
+def render_split(
+    split: str, count: int, config: FrontEndConfig, processes: int = 0, kind: Optional[SceneKind] = None
+) -> List[SceneRecord]:
+    """count scenes of a split, rendered in `processes` worker processes (0: one per CPU core), drawn as
+    the split's SPLIT_KINDS entry says, or as `kind`."""
     first = SPLITS[split]
-    jobs = [(first + i, config) for i in range(count)]
+    jobs = [(first + i, config, kind or SPLIT_KINDS[split]) for i in range(count)]
     processes = processes or multiprocessing.cpu_count()
     if processes == 1 or count < 8:
         return [render_scene(*job) for job in jobs]

@@ -59,7 +59,15 @@ from adatoken3d_node.perception.frontend import FrontEndConfig
 from adatoken3d_node.share import SHIPPED_MODEL
 from . import questions
 from ..synthetic import make_scene
-from .dataset import MIN_OBJECT_SIZE_M, SPLITS, VIEWS_PER_SCENE, SceneRecord, render_split, token_objects
+from .dataset import (
+    MIN_OBJECT_SIZE_M,
+    RANDOMISED_KIND,
+    SPLITS,
+    VIEWS_PER_SCENE,
+    SceneRecord,
+    render_split,
+    token_objects,
+)
 from .evaluate import evaluate
 from .referents import Probes
 from .symbolic import HEIGHT_GAIN, SymbolicTokens, alignment_loss, family_balanced, symbolic_scene
@@ -511,6 +519,12 @@ def main(argv=None) -> int:
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--val-every', type=int, default=500)
     parser.add_argument('--threads', type=int, default=0, help='torch threads (0: one per core)')
+    parser.add_argument(
+        '--randomised',
+        action='store_true',
+        help='render training and validation rooms in randomised styles (dataset.RANDOMISED_KIND), '
+        'not the standard one the shipped model was trained on',
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -518,8 +532,9 @@ def main(argv=None) -> int:
     config = front_end_config()
 
     print(f'rendering {args.train_scenes} training and {args.val_scenes} validation scenes ...', flush=True)
-    train_records = render_split('train', args.train_scenes, config)
-    val_records = render_split('val', args.val_scenes, config)
+    kind = RANDOMISED_KIND if args.randomised else None  # None: the splits' standard rooms
+    train_records = render_split('train', args.train_scenes, config, kind=kind)
+    val_records = render_split('val', args.val_scenes, config, kind=kind)
     render_s = time.monotonic() - started
     print(f'  {render_s:.0f} s', flush=True)
 
