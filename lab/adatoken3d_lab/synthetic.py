@@ -463,12 +463,14 @@ def orbit_frames(
 class CameraPath:
     """Where room_frames' camera walks. The default is the standard path: once around the room
     between the walls and the object area (2.5-2.9 m from the centre), 1.0-1.6 m high, aimed at a
-    point within aim_m of the centre. inside: circling within the object area instead (radius
-    1.0-1.5 m), as a robot driving among the objects would."""
+    point within aim_m of the centre. A smaller radius circles within the object area, as a robot
+    driving among the objects would; outward: looking away from the centre (at the floor 2 m out)
+    instead of at it."""
 
     radius_m: Tuple[float, float] = (2.5, 2.9)
     height_m: Tuple[float, float] = (1.0, 1.6)
     aim_m: float = 0.4
+    outward: bool = False
 
 
 STANDARD_PATH = CameraPath()
@@ -534,6 +536,8 @@ def room_frames(
         radius, cam_height = rng.uniform(*path.radius_m), rng.uniform(*path.height_m)
         eye = np.array([radius * np.cos(angle), radius * np.sin(angle), cam_height])
         target = np.array([*rng.uniform(-path.aim_m, path.aim_m, 2), rng.uniform(0.0, 0.3)])
+        if path.outward:
+            target[:2] += eye[:2] + 2.0 * np.array([np.cos(angle), np.sin(angle)])
         pose = look_at(eye, target)
         rgb, depth = render(objects, K, pose, width, height, room_half_m=room_half_m, textured=True, style=style)
         depth[depth > max_range_m * 1000.0] = 0
@@ -553,8 +557,11 @@ def sample_style(rng: np.random.Generator, held_out: bool) -> Tuple[RenderStyle,
                      held out: checkered or striped spheres
         lighting     training: light 30-90 degrees above the horizon, ambient 0.30-0.60
                      held out: light 10-25 degrees above the horizon, ambient 0.62-0.75
-        camera path  training: around the room outside the object area, 0.5-1.8 m high
-                     held out: circling inside the object area (1.0-1.5 m from the centre), 1.3-1.7 m high
+        camera path  training: 0.5-1.8 m high; around the room outside the object area (half the
+                     rooms), circling its rim 1.6-2.0 m from the centre looking in, or near the
+                     centre (0.3-0.8 m) looking out
+                     held out: circling inside the object area (1.0-1.5 m from the centre) looking
+                     in, 1.3-1.7 m high
     Both: floors plain, checkered or tiled, a ceiling half the time, depth holes of several kinds.
     """
     patterns = ('plain', 'checker', 'bands', 'stripes', 'dots')
@@ -579,7 +586,12 @@ def sample_style(rng: np.random.Generator, held_out: bool) -> Tuple[RenderStyle,
     if held_out:
         path = CameraPath(radius_m=(1.0, 1.5), height_m=(1.3, 1.7), aim_m=0.4)
     else:
-        path = CameraPath(radius_m=(2.2, 2.9), height_m=(0.5, 1.8), aim_m=1.0)
+        path = (
+            CameraPath(radius_m=(2.2, 2.9), height_m=(0.5, 1.8), aim_m=1.0),
+            CameraPath(radius_m=(2.2, 2.9), height_m=(0.5, 1.8), aim_m=1.0),
+            CameraPath(radius_m=(1.6, 2.0), height_m=(0.5, 1.8), aim_m=0.4),
+            CameraPath(radius_m=(0.3, 0.8), height_m=(0.5, 1.8), aim_m=0.3, outward=True),
+        )[int(rng.integers(4))]
     defects = DepthDefects(
         noise_fraction=float(rng.uniform(0.005, 0.02)),
         missing_fraction=float(rng.uniform(0.0, 0.08)),

@@ -3,12 +3,13 @@ clutter splits of training/dataset.py): the standard rooms stay as they were, th
 never drawn for training, and each split is what its name says."""
 
 import dataclasses
+from collections import Counter
 
 import numpy as np
 import pytest
 
 from adatoken3d_lab import synthetic
-from adatoken3d_lab.training.dataset import SPLIT_KINDS, SPLITS, render_scene
+from adatoken3d_lab.training.dataset import SPLIT_KINDS, SPLITS, STANDARD_KIND, TRAINING_MIX, render_scene
 from adatoken3d_lab.training.questions import candidates
 from adatoken3d_lab.training.train import front_end_config
 
@@ -57,7 +58,9 @@ def test_held_out_settings_are_never_drawn_for_training():
             assert (sphere in ('checker', 'stripes')) is held_out
             assert (10 <= elevation <= 25) if held_out else (30 <= elevation <= 90)
             assert (0.62 <= style.ambient <= 0.75) if held_out else (0.30 <= style.ambient <= 0.60)
-            assert (path.radius_m[1] <= 1.5) if held_out else (path.radius_m[0] >= 2.2)
+            # held out: circling 1.0-1.5 m from the centre looking in; training: never that ring
+            assert (path.radius_m[1] <= 1.5) if held_out else (path.radius_m[0] >= 1.6 or path.radius_m[1] < 1.0)
+            assert not (held_out and path.outward)
             assert style.floor in ('plain', 'checker', 'tiles') and defects.blobs >= 0
 
 
@@ -79,8 +82,29 @@ def config():
     return front_end_config()
 
 
+def test_training_draws_standard_randomised_and_cluttered_rooms_and_never_held_out_ones():
+    mix = TRAINING_MIX
+    assert SPLIT_KINDS['train'] == SPLIT_KINDS['test'] == STANDARD_KIND  # the shipped model's rooms
+    drawn = Counter(mix.kind_for(seed) for seed in range(SPLITS['train'], SPLITS['train'] + 400))
+    assert {kind.style for kind in drawn} == {'standard', 'randomised'}
+    assert any(kind.objects == SPLIT_KINDS['clutter'].objects for kind in drawn)
+    for kind, weight in mix.kinds:
+        assert abs(drawn[kind] / 400 - weight / sum(w for _, w in mix.kinds)) < 0.08
+    assert mix.kind_for(7) == mix.kind_for(7)  # by seed: a split renders the same rooms every time
+
+
+def test_the_training_camera_also_walks_among_the_objects():
+    paths = [synthetic.sample_style(np.random.default_rng(i), held_out=False)[1] for i in range(60)]
+    assert any(p.outward for p in paths) and any(p.radius_m[0] >= 2.2 for p in paths)
+    outward = next(p for p in paths if p.outward)
+    frames = synthetic.room_frames([], n_views=4, width=64, height=48, seed=1, path=outward)
+    for f in frames:
+        eye, forward = f.pose[:3, 3], f.pose[:3, 2]  # camera z is the optical axis
+        assert np.hypot(*eye[:2]) <= 0.8 and np.dot(forward[:2], eye[:2]) > 0  # looking away from the centre
+
+
 def test_the_shifted_split_is_drawn_in_held_out_styles(config):
-    assert SPLIT_KINDS['test'] == SPLIT_KINDS['train'] and SPLIT_KINDS['shifted'].style == 'held_out'
+    assert SPLIT_KINDS['shifted'].style == 'held_out'
     kind = SPLIT_KINDS['shifted']
     record = render_scene(SPLITS['shifted'], config, kind)
     standard = render_scene(SPLITS['shifted'], config, dataclasses.replace(kind, style='standard'))
@@ -98,3 +122,12 @@ def test_a_clutter_scene_has_many_small_objects_and_1500_spatial_tokens(config):
     assert record.geometry(config).num_tokens >= 1500
     asked = candidates(objects, np.random.default_rng(0))
     assert asked['location'] and asked['counting'] and asked['existence']
+
+
+def test_the_demo_room_is_not_one_the_model_learns_from_or_is_tuned_on():
+    from adatoken3d_lab.demo import DEMO_SCENE_SEED
+
+    ends = sorted(SPLITS.values())
+    for split in ('train', 'val', 'test'):
+        first = SPLITS[split]
+        assert not first <= DEMO_SCENE_SEED < ends[ends.index(first) + 1]

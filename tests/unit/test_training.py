@@ -317,6 +317,9 @@ def test_the_object_start_probe_marks_the_first_token_of_each_object():
         loss = probe.loss(-hidden, [on])  # every token wrong: the 3 starts weigh as much as the 3 others
         assert float(loss) > 10 and probe.accuracy == {'start': 0.0}
         assert float(probe.loss(hidden, [np.full(len(on), -1)])) == 0.0 and probe.accuracy == {}
+        # every object seen as one token (a far, small object): all starts, nothing to weigh them against
+        alone = np.array([-1, 0, -1, 1, 2, -1, -1, -1])
+        assert np.isfinite(float(probe.loss(-hidden, [alone]))) and probe.accuracy['start'] < 1.0
 
 
 def two_boxes_and_a_sphere():

@@ -7,16 +7,17 @@
          -> SceneRecord                             per-view images and patch geometry + the objects
 
 Splits are disjoint by scene seed (SPLITS) and say how their scenes are drawn (SPLIT_KINDS): train,
-val and test in the standard style; shifted in room styles the training never saw; clutter with
-12-25 small objects. A record's spatial tokens are built per use with
-frontend.build_scene_geometry, so training can drop views (a different token set each epoch).
+val and test in the standard style (or train and val as TRAINING_MIX, a mix of standard, randomised and
+cluttered rooms); shifted in room styles the training never saw; clutter with 12-25 small objects. A record's spatial
+tokens are built per use with frontend.build_scene_geometry, so training can drop views (a different
+token set each epoch).
 """
 
 import dataclasses
 import multiprocessing
 import os
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -45,18 +46,41 @@ class SceneKind:
 
 
 STANDARD_KIND = SceneKind()
-# What a randomised training set draws (train.py --randomised): any room style but the held-out ones,
-# other shades and sizes, and now and then a busier room.
+# Any room style but the held-out ones (synthetic.sample_style), other shades and sizes.
 RANDOMISED_KIND = SceneKind(min_size_m=0.2, max_size_m=0.7, shade_jitter=0.15, style='randomised')
+# 12-25 small objects (several of a colour, several of a shape) in a larger room, seen from 16 views,
+# the whole room in range: 1500+ spatial tokens
+CLUTTER_KIND = SceneKind(objects=(12, 25), min_size_m=0.12, max_size_m=0.3, views=16, max_range_m=9.0, room_half_m=4.5)
+
+
+@dataclass(frozen=True)
+class SceneMix:
+    """A split drawn from several kinds: each scene's kind is picked by its seed, with these weights."""
+
+    kinds: Tuple[Tuple[SceneKind, float], ...]
+
+    def kind_for(self, seed: int) -> SceneKind:
+        weights = np.array([w for _, w in self.kinds], float)
+        pick = np.random.default_rng([seed, 3]).choice(len(self.kinds), p=weights / weights.sum())
+        return self.kinds[int(pick)][0]
+
+
+# Rooms of every kind, so that a model reads the scene rather than one renderer (train.py --rooms mixed):
+# standard rooms, rooms in randomised styles, and cluttered rooms in randomised styles.
+TRAINING_MIX = SceneMix(
+    (
+        (STANDARD_KIND, 0.25),
+        (RANDOMISED_KIND, 0.6),
+        (dataclasses.replace(CLUTTER_KIND, shade_jitter=0.15, style='randomised'), 0.15),
+    )
+)
 SPLIT_KINDS = {
-    'train': STANDARD_KIND,
+    'train': STANDARD_KIND,  # what the shipped model learns from; train.py --rooms mixed: TRAINING_MIX
     'val': STANDARD_KIND,
     'test': STANDARD_KIND,
     # rooms drawn with settings the training never saw (synthetic.sample_style), other shades and sizes
     'shifted': SceneKind(min_size_m=0.2, max_size_m=0.7, shade_jitter=0.15, style='held_out'),
-    # 12-25 small objects (several of a colour, several of a shape) in a larger room, seen from 16 views,
-    # the whole room in range: 1500+ spatial tokens
-    'clutter': SceneKind(objects=(12, 25), min_size_m=0.12, max_size_m=0.3, views=16, max_range_m=9.0, room_half_m=4.5),
+    'clutter': CLUTTER_KIND,
 }
 # Camera resolutions the scenes are rendered at (4:3, like most RGB-D cameras); the front end
 # scales them to the vision tower's input, so the model sees both the same way.
@@ -165,12 +189,14 @@ def _render_job(args: Tuple[int, FrontEndConfig, SceneKind]) -> SceneRecord:
 
 
 def render_split(
-    split: str, count: int, config: FrontEndConfig, processes: int = 0, kind: Optional[SceneKind] = None
+    split: str, count: int, config: FrontEndConfig, processes: int = 0, kind: Union[SceneKind, SceneMix, None] = None
 ) -> List[SceneRecord]:
     """count scenes of a split, rendered in `processes` worker processes (0: one per CPU core), drawn as
     the split's SPLIT_KINDS entry says, or as `kind`."""
     first = SPLITS[split]
-    jobs = [(first + i, config, kind or SPLIT_KINDS[split]) for i in range(count)]
+    kind = kind or SPLIT_KINDS[split]
+    kinds = [kind.kind_for(first + i) if isinstance(kind, SceneMix) else kind for i in range(count)]
+    jobs = [(first + i, config, k) for i, k in enumerate(kinds)]
     processes = processes or multiprocessing.cpu_count()
     if processes == 1 or count < 8:
         return [render_scene(*job) for job in jobs]

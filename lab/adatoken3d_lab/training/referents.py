@@ -182,7 +182,8 @@ class ObjectStartProbe(nn.Module):
             if not len(target):
                 continue
             logits = self.head(states[torch.from_numpy(on >= 0)]).squeeze(-1)
-            weight = torch.where(target > 0, (1 - target).sum() / target.sum(), torch.ones_like(target))
+            # (clamped: a scene whose every object shows as one token has no rest to weigh against)
+            weight = torch.where(target > 0, (1 - target).sum().clamp(min=1) / target.sum(), torch.ones_like(target))
             total = total + (
                 F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction='sum') / weight.sum()
             )

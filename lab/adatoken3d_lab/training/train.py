@@ -59,15 +59,7 @@ from adatoken3d_node.perception.frontend import FrontEndConfig
 from adatoken3d_node.share import SHIPPED_MODEL
 from . import questions
 from ..synthetic import make_scene
-from .dataset import (
-    MIN_OBJECT_SIZE_M,
-    RANDOMISED_KIND,
-    SPLITS,
-    VIEWS_PER_SCENE,
-    SceneRecord,
-    render_split,
-    token_objects,
-)
+from .dataset import MIN_OBJECT_SIZE_M, SPLITS, TRAINING_MIX, VIEWS_PER_SCENE, SceneRecord, render_split, token_objects
 from .evaluate import evaluate
 from .referents import Probes
 from .symbolic import HEIGHT_GAIN, SymbolicTokens, alignment_loss, family_balanced, symbolic_scene
@@ -520,10 +512,18 @@ def main(argv=None) -> int:
     parser.add_argument('--val-every', type=int, default=500)
     parser.add_argument('--threads', type=int, default=0, help='torch threads (0: one per core)')
     parser.add_argument(
-        '--randomised',
-        action='store_true',
-        help='render training and validation rooms in randomised styles (dataset.RANDOMISED_KIND), '
-        'not the standard one the shipped model was trained on',
+        '--rooms',
+        choices=('standard', 'mixed'),
+        default='standard',
+        help='training and validation rooms: standard (the shipped model) or mixed (dataset.TRAINING_MIX: '
+        'standard, randomised and cluttered rooms; the held-out settings of the shifted split are never drawn)',
+    )
+    parser.add_argument(
+        '--max-questions',
+        type=int,
+        default=0,
+        help='stage 2: at most this many questions a scene a step, drawn at random (0: all; a cluttered room '
+        'asks about 150)',
     )
     args = parser.parse_args(argv)
     if args.threads:
@@ -532,7 +532,7 @@ def main(argv=None) -> int:
     config = front_end_config()
 
     print(f'rendering {args.train_scenes} training and {args.val_scenes} validation scenes ...', flush=True)
-    kind = RANDOMISED_KIND if args.randomised else None  # None: the splits' standard rooms
+    kind = TRAINING_MIX if args.rooms == 'mixed' else None  # None: the splits' standard rooms
     train_records = render_split('train', args.train_scenes, config, kind=kind)
     val_records = render_split('val', args.val_scenes, config, kind=kind)
     render_s = time.monotonic() - started
@@ -608,6 +608,8 @@ def main(argv=None) -> int:
         # Every question the scene answers: the prefix is shared, so each costs only its suffix, and a
         # smaller draw learns less (model card, "Ablations behind the recipe").
         qas = [qa for family in questions.candidates(record.objects, rng).values() for qa in family]
+        if args.max_questions and len(qas) > args.max_questions:  # a cluttered room asks ~150
+            qas = [qas[i] for i in sorted(rng.choice(len(qas), args.max_questions, replace=False))]
         loss, per_question = scene_loss(
             model, prompts, scene, qas, aux, record.objects, probes, symbolic, count_weights
         )
