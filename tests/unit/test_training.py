@@ -489,3 +489,17 @@ def test_a_short_training_run_writes_a_loadable_checkpoint_that_answers(tmp_path
     )
     assert answer.spatial_tokens > 100 and answer.token_ids
     assert normalise(' Yes. ') == 'yes'
+
+
+def test_a_linear_token_probe_reads_a_label_that_is_there_and_not_one_that_is_not():
+    from adatoken3d_lab.training.token_probe import fit_linear_probe
+
+    rng = np.random.default_rng(0)
+    y = torch.from_numpy(rng.integers(0, 3, 600))
+    x = torch.from_numpy(rng.normal(size=(600, 8))).float()
+    readable = x.clone()
+    readable[:, 0] += 4.0 * y  # the label is one direction of the embedding
+    predict = fit_linear_probe(readable[:400], y[:400], 3)
+    assert float((predict(readable[400:]) == y[400:]).float().mean()) > 0.95
+    predict = fit_linear_probe(x[:400], y[:400], 3)  # noise: no better than the commonest class on new tokens
+    assert float((predict(x[400:]) == y[400:]).float().mean()) < 0.5
