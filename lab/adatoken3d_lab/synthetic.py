@@ -474,6 +474,12 @@ class CameraPath:
 
 
 STANDARD_PATH = CameraPath()
+# sample_style's training paths, 0.5-1.8 m high: around the object area (listed twice: half the rooms),
+# circling its rim looking in, or near its centre looking out. None circles 1.0-1.5 m (held out).
+AROUND_PATH = CameraPath(radius_m=(2.2, 2.9), height_m=(0.5, 1.8), aim_m=1.0)
+RIM_PATH = CameraPath(radius_m=(1.6, 2.0), height_m=(0.5, 1.8), aim_m=0.4)
+CENTRE_OUT_PATH = CameraPath(radius_m=(0.3, 0.8), height_m=(0.5, 1.8), aim_m=0.3, outward=True)
+TRAINING_PATHS = (AROUND_PATH, AROUND_PATH, RIM_PATH, CENTRE_OUT_PATH)
 
 
 @dataclass(frozen=True)
@@ -586,12 +592,7 @@ def sample_style(rng: np.random.Generator, held_out: bool) -> Tuple[RenderStyle,
     if held_out:
         path = CameraPath(radius_m=(1.0, 1.5), height_m=(1.3, 1.7), aim_m=0.4)
     else:
-        path = (
-            CameraPath(radius_m=(2.2, 2.9), height_m=(0.5, 1.8), aim_m=1.0),
-            CameraPath(radius_m=(2.2, 2.9), height_m=(0.5, 1.8), aim_m=1.0),
-            CameraPath(radius_m=(1.6, 2.0), height_m=(0.5, 1.8), aim_m=0.4),
-            CameraPath(radius_m=(0.3, 0.8), height_m=(0.5, 1.8), aim_m=0.3, outward=True),
-        )[int(rng.integers(4))]
+        path = TRAINING_PATHS[int(rng.integers(len(TRAINING_PATHS)))]
     defects = DepthDefects(
         noise_fraction=float(rng.uniform(0.005, 0.02)),
         missing_fraction=float(rng.uniform(0.0, 0.08)),
