@@ -66,7 +66,9 @@ PARAMETERS = (
         'schedule:L:r,... (keep r of the spatial tokens from layer L on) | mass:p[@L,...] (keep the '
         'fewest holding p of the attention) | fastv:K:r | random:L:r,...; a scored one (auto, schedule, '
         'mass, fastv) followed by ~question is scored by the attention of the question\'s tokens, not '
-        'only the last token\'s',
+        'only the last token\'s. Before the language model: kcentre:r (a 3D + feature cover) | fastv:0:r '
+        '(layer-0 scores) | random:0:r | voxel:SIZE (coarser voxels), [merge] to average each dropped '
+        'token into its nearest kept one, + and an in-LM policy after it',
     ),
     ParameterSpec(
         'latency_budget_ms',

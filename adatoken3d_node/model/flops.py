@@ -114,3 +114,25 @@ def prefill_flops(
 def dense_prefill_flops(shape: LlamaShape, n_tokens: int) -> float:
     """Prefill FLOPs with nothing pruned: all n tokens go through every layer."""
     return prefill_flops(shape, [n_tokens] * shape.num_layers)
+
+
+# ---- selection before the language model (selection.py) --------------------------------------
+
+
+def kcentre_flops(m: int, k: int, dims: int) -> float:
+    """Greedy k-centre of k picks among m points of `dims` dimensions: one (m, dims) @ (dims, 1) product
+    for the start (distance to the mean) and one per pick after the first."""
+    return float(2 * m * dims * min(k, m)) if m else 0.0
+
+
+def merge_flops(m: int, k: int, feature_dim: int) -> float:
+    """Assigning m tokens to their nearest of k kept ones: (m, 3) @ (3, k) squared distances and
+    (m, C) @ (C, k) cosine similarities (the tie-break)."""
+    return float(2 * m * k * (3 + feature_dim))
+
+
+def input_scoring_flops(shape: LlamaShape, rows: int, n_tokens: int) -> float:
+    """Layer 0's score of the input embeddings (a query selection): the k projection of all n tokens,
+    then the one-row score (scoring_flops). Layer 0 projects the survivors' keys again when it runs."""
+    kv_dim = shape.num_kv_heads * shape.head_dim
+    return float(2 * n_tokens * shape.hidden * kv_dim) + scoring_flops(shape, rows, n_tokens)

@@ -195,6 +195,11 @@ class GatedLlama:
                 f"spatial_mask must be a bool tensor of shape [{T}], "
                 f"got {spatial_mask.dtype} {list(spatial_mask.shape)}"
             )
+        if policy.pre is not None:
+            raise ValueError(
+                f"{policy} selects tokens before the language model: run it through SceneAnswerer "
+                "(selection.py), and only its in-LM cuts here"
+            )
         if score_queries is None:
             score_queries = policy.score_rows(spatial_mask)
         if not 1 <= score_queries <= T:
@@ -292,6 +297,16 @@ class GatedLlama:
             prefill_ms=prefill_ms,
             policy=description,
         )
+
+    @torch.inference_mode()
+    def input_scores(self, inputs_embeds: torch.Tensor, rows: int) -> torch.Tensor:
+        """Layer 0's score of its input (a cut at the input of layer 0, selection.py): inputs_embeds [1, T, d]
+        -> [T] float32, the attention of the last `rows` tokens, as at any pruning layer (_score)."""
+        layer = self.layers[0]
+        x = inputs_embeds.to(self.device, self.dtype)
+        h = layer.input_layernorm(x)  # [1, T, d]
+        pos = torch.arange(x.shape[1], device=self.device)
+        return self._score(layer.self_attn, h, layer.self_attn.k_proj(h), pos, rows)
 
     def _score(self, attn, h: torch.Tensor, k: torch.Tensor, pos: torch.Tensor, rows: int) -> torch.Tensor:
         """Attention of the last `rows` tokens to all n keys, averaged over heads and rows: [n] float32.

@@ -12,6 +12,21 @@ Policies (`parse_gating(text, num_layers)`; `str(policy)` gives the canonical te
                                       [ceil(min * N0), ceil(max * N0)] (defaults 0.05 and 1.0)
     <any scored policy>~question      score with the question's rows, not only the last token's (below)
 
+Selections before the language model (selection.py runs them; a cut "at the input of layer 0"):
+
+    random:0:0.1                      keep ceil(0.1 * M) of the M spatial tokens, chosen at random
+    fastv:0:0.1                       keep the 10% layer 0's q/k score highest (the last token's row,
+                                      or the question's with ~question)
+    kcentre:0.1                       keep a k-centre (farthest-point) cover of the tokens in 3D
+    kcentre:0.1[feature=1.5]          position and feature (feature: weight of the feature distance);
+    kcentre:0.1~question              seeded with the half of them the question's layer-0 score ranks highest
+    voxel:0.4                         pool the patches into 0.4 m voxels instead of the model's 0.2 m
+                                      (LLaVA-3D's pooling, coarser: the honest baseline)
+    <selection>[merge]                every dropped token is averaged into its nearest kept one (3D
+                                      distance, feature similarity breaking ties): random, fastv, kcentre
+    <selection>+<in-LM policy>        a selection, then in-LM cuts (schedule, random, fastv, mass) whose
+                                      ratios are of the spatial tokens entering the language model
+
 ceil(r * N0) is taken after rounding r * N0 to 6 decimals, so 0.1 * 30 keeps 3 tokens, not 4.
 """
 
@@ -21,11 +36,49 @@ import re
 from dataclasses import dataclass
 
 KINDS = ("none", "schedule", "mass", "fastv", "random")
+SELECTIONS = ("random", "query", "kcentre", "voxel")  # before the language model; query is written fastv:0:r
+KCENTRE_FEATURE_WEIGHT = 1.0  # feature distance (unit features, 0-2) against 3D distance in metres
 RATERS = ("last", "question")  # whose attention scores the spatial tokens: the last prompt token's, the question's
 SYNTAX = (
     "none | schedule:L:r,L:r,... | random:L:r,L:r,... | fastv:K:r | mass:p[@L,L,...][[min=a,max=b]], "
-    "a scored one (schedule, fastv, mass) optionally followed by ~question"
+    "a scored one (schedule, fastv, mass) optionally followed by ~question; before them, a selection "
+    "random:0:r | fastv:0:r | kcentre:r[feature=w] | voxel:SIZE, optionally [merge], then + and an in-LM policy"
 )
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which spatial tokens enter the language model at all (selection.py runs it)."""
+
+    method: str  # one of SELECTIONS
+    amount: float  # keep ratio of the spatial tokens; voxel: voxel size in metres
+    merge: bool = False  # dropped tokens are averaged into their nearest kept one
+    feature_weight: float = KCENTRE_FEATURE_WEIGHT  # kcentre only
+
+    def __post_init__(self):
+        if self.method not in SELECTIONS:
+            raise ValueError(f"unknown selection {self.method!r}; expected one of {', '.join(SELECTIONS)}")
+        if self.method == "voxel":
+            if not 0.0 < self.amount <= 10.0:
+                raise ValueError(f"voxel size {self.amount} m must be in (0, 10]")
+            if self.merge:
+                raise ValueError("voxel pools every patch already: it takes no [merge]")
+        elif not 0.0 < self.amount <= 1.0:
+            raise ValueError(f"keep ratio {self.amount} must be in (0, 1]")
+        if self.feature_weight < 0.0 or (self.method != "kcentre" and self.feature_weight != KCENTRE_FEATURE_WEIGHT):
+            raise ValueError("feature=w is a kcentre option, w >= 0")
+
+    def __str__(self) -> str:
+        text = {
+            "random": f"random:0:{self.amount!r}",
+            "query": f"fastv:0:{self.amount!r}",
+            "kcentre": f"kcentre:{self.amount!r}",
+            "voxel": f"voxel:{self.amount!r}",
+        }[self.method]
+        options = (["merge"] if self.merge else []) + (
+            [f"feature={self.feature_weight!r}"] if self.feature_weight != KCENTRE_FEATURE_WEIGHT else []
+        )
+        return text + (f"[{','.join(options)}]" if options else "")
 
 
 @dataclass(frozen=True)
@@ -37,6 +90,7 @@ class GatingPolicy:
     min_keep: float = 0.05  # mass: bounds, as ratios of the original spatial count
     max_keep: float = 1.0
     raters: str = "last"  # one of RATERS: the rows of the score (module docstring)
+    pre: Selection | None = None  # before the language model; the cuts above then count from what enters it
 
     def __post_init__(self):
         object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
@@ -67,8 +121,10 @@ class GatingPolicy:
             raise ValueError(f"{self.kind} takes no keep ratios")
         if self.raters not in RATERS:
             raise ValueError(f"unknown raters {self.raters!r}; expected one of {', '.join(RATERS)}")
-        if self.raters != "last" and self.kind in ("none", "random"):
-            raise ValueError(f"{self.kind} does not score tokens, so it takes no ~{self.raters}")
+        scored_pre = self.pre is not None and self.pre.method in ("query", "kcentre")
+        if self.raters != "last" and self.kind in ("none", "random") and not scored_pre:
+            name = self.kind if self.pre is None else str(dataclasses.replace(self, raters="last"))
+            raise ValueError(f"{name} does not score tokens, so it takes no ~{self.raters}")
         if self.kind == "mass":
             if not 0.0 < self.mass <= 1.0:
                 raise ValueError(f"score mass p={self.mass} must be in (0, 1]")
@@ -92,6 +148,12 @@ class GatingPolicy:
         return max(1, spatial_mask.numel() - 1 - int(spatial_mask.nonzero()[-1]))
 
     def __str__(self) -> str:
+        cuts = self._cuts_text()
+        if self.pre is not None:
+            cuts = str(self.pre) if cuts == "none" else f"{self.pre}+{cuts}"
+        return with_raters(cuts, self.raters)
+
+    def _cuts_text(self) -> str:
         if self.kind == "none":
             return "none"
         if self.kind == "mass":
@@ -99,7 +161,7 @@ class GatingPolicy:
             text = f"mass:{self.mass!r}@{at}[min={self.min_keep!r},max={self.max_keep!r}]"
         else:
             text = f"{self.kind}:" + ",".join(f"{layer}:{r!r}" for layer, r in zip(self.layers, self.ratios))
-        return with_raters(text, self.raters)
+        return text
 
 
 def with_raters(text: str, raters: str) -> str:
@@ -119,8 +181,49 @@ def parse_gating(text: str, num_layers: int) -> GatingPolicy:
 
 def _parse(text: str, num_layers: int) -> GatingPolicy:
     text, tilde, raters = text.partition("~")
-    policy = _parse_cuts(text.strip(), num_layers)
+    stages = [stage.strip() for stage in text.split("+")]
+    if len(stages) > 2:
+        raise ValueError("at most one selection and one in-LM policy: SELECTION+POLICY")
+    pre = _parse_selection(stages[0])
+    if pre is None and len(stages) == 2:
+        raise ValueError(f"{stages[0]!r} is not a selection before the language model; expected {SYNTAX}")
+    if pre is None:
+        policy = _parse_cuts(stages[0], num_layers)
+    else:
+        policy = _parse_cuts(stages[1], num_layers) if len(stages) == 2 else GatingPolicy()
+        policy = dataclasses.replace(policy, pre=pre)
     return dataclasses.replace(policy, raters=raters.strip()) if tilde else policy
+
+
+def _parse_selection(text: str) -> Selection | None:
+    """A selection before the language model, or None when the text is an in-LM policy."""
+    m = re.fullmatch(r"([^\[\]]*)(?:\[([^\[\]]*)\])?", text)
+    head, options = m.groups() if m else (text, None)
+    kind, _, rest = head.partition(":")
+    if kind in ("random", "fastv") and rest.split(":")[0].strip().lstrip("0") == "" and rest[:1] == "0":
+        cut = rest.split(":")
+        if len(cut) != 2 or "," in rest:
+            raise ValueError(
+                "a cut at layer 0 is a selection before the language model: write it alone "
+                f"({kind}:0:r) or before a '+' and the in-LM cuts"
+            )
+        method, amount = ("random" if kind == "random" else "query"), _float(cut[1])
+    elif kind in ("kcentre", "voxel"):
+        method, amount = kind, _float(rest)
+    else:
+        if options is not None and kind != "mass":
+            raise ValueError(f"{kind} takes no [options]")
+        return None
+    merge, feature = False, KCENTRE_FEATURE_WEIGHT
+    for item in options.split(",") if options else []:
+        key, eq, value = (part.strip() for part in item.partition("="))
+        if key == "merge" and not eq and not merge:
+            merge = True
+        elif key == "feature" and eq and feature == KCENTRE_FEATURE_WEIGHT:
+            feature = _float(value)
+        else:
+            raise ValueError(f"bad option {item!r}; expected [merge] and, for kcentre, [feature=w]")
+    return Selection(method, amount, merge, feature)
 
 
 def _parse_cuts(text: str, num_layers: int) -> GatingPolicy:
@@ -158,6 +261,14 @@ def _parse_cuts(text: str, num_layers: int) -> GatingPolicy:
     raise ValueError(f"unknown gating kind {kind!r}; expected {SYNTAX}")
 
 
+def scores_tokens(text: str) -> bool:
+    """Whether a policy text (layers unchecked) scores tokens by attention, so that ~question applies to it."""
+    policy = _parse(text.strip(), 1 << 16)
+    return policy.kind in ("schedule", "fastv", "mass") or (
+        policy.pre is not None and policy.pre.method in ("query", "kcentre")
+    )
+
+
 def _int(s: str) -> int:
     try:
         return int(s)
@@ -181,6 +292,11 @@ def quarter_layers(num_layers: int) -> list[int]:
     return sorted(
         {layer for layer in (num_layers // 4, num_layers // 2, 3 * num_layers // 4) if 0 < layer < num_layers}
     )
+
+
+def selection_count(ratio: float, m: int) -> int:
+    """Tokens a selection keeps of m: ceil(r * m) (ratio_count), at least one when there is any."""
+    return min(m, max(1, ratio_count(ratio, m))) if m else 0
 
 
 def ratio_count(ratio: float, n: int) -> int:

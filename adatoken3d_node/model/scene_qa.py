@@ -1,11 +1,13 @@
 """A question about a scene -> an answer: LLaVA-3D spatial tokens, gated prefill, greedy decoding. ROS-free.
 
 scene (perception.frontend.SceneGeometry)
-  -> vision: CLIP patch features + 3D position embedding -> voxel mean -> projector  (vision_ms)
-  -> llava_v1 prompt with the spatial tokens (and [x, y, z] location tokens) spliced in
+  -> vision: CLIP patch features + 3D position embedding -> voxel mean               (vision_ms)
+  -> a selection before the language model, if the policy has one (selection.py)   (selection_ms, its own work)
+  -> projector -> llava_v1 prompt with the spatial tokens (and [x, y, z] location tokens) spliced in
   -> GatedLlama: prefill pruning spatial tokens by the policy (prefill_ms), decode (decode_ms)
 """
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -13,8 +15,10 @@ import torch
 
 from .device import now
 from .gating import GatedLlama
+from .flops import input_scoring_flops, prefill_flops
 from .gating_policy import GatingPolicy, parse_gating
 from .loader import load_llava3d
+from .selection import coarse_voxel_features, select
 
 
 @dataclass
@@ -32,6 +36,8 @@ class SceneAnswer:
     prefill_flops_dense: float
     gating: str  # the policy that ran
     tokens_per_layer: List[int]  # tokens whose attention and MLP ran in each layer
+    selection_flops: float = 0.0  # before the language model (in prefill_flops too)
+    selection_ms: float = 0.0  # the selection's own work (part of the time before the prefill, not in vision_ms)
 
 
 class SceneAnswerer:
@@ -70,19 +76,50 @@ class SceneAnswerer:
     def policy(self, text: str) -> GatingPolicy:
         return parse_gating(text, self.num_layers)
 
+    def clip_features(self, scene) -> torch.Tensor:
+        """model.image_features(scene.images) (V, P, C), with the features of views seen before reused."""
+        keys = list(zip(scene.stamps_ns, scene.frame_ids))
+        missing = [i for i, key in enumerate(keys) if key not in self._view_features]
+        if missing:
+            for i, features in zip(missing, self.model.image_features(scene.images[missing])):
+                self._view_features[keys[i]] = features
+        self._view_features = {key: self._view_features[key] for key in keys}  # forget evicted views
+        return torch.stack([self._view_features[key] for key in keys])
+
     def spatial_embeddings(self, scene) -> torch.Tensor:
         """model.spatial_embeddings(scene), with the CLIP features of views seen before reused."""
         model = self.model
         if scene.num_tokens == 0:
             return torch.zeros(0, model.config.hidden_size, dtype=self.dtype, device=self.device)
-        keys = list(zip(scene.stamps_ns, scene.frame_ids))
-        missing = [i for i, key in enumerate(keys) if key not in self._view_features]
-        if missing:
-            for i, features in zip(missing, model.image_features(scene.images[missing])):
-                self._view_features[keys[i]] = features
-        self._view_features = {key: self._view_features[key] for key in keys}  # forget evicted views
-        features = torch.stack([self._view_features[key] for key in keys])  # (V, P, C)
-        return model.mm_projector(model.spatial_features(features, scene).to(self.dtype))  # (M, D)
+        return model.mm_projector(model.spatial_features(self.clip_features(scene), scene).to(self.dtype))  # (M, D)
+
+    def _selected_inputs(self, question: str, scene, policy: GatingPolicy):
+        """The prompt after the policy's selection before the language model -> (inputs, selection FLOPs,
+        selection ms). Without one: the prompt of every spatial token. The time is the selection's own work
+        (coarser pooling; the layer-0 score, with the whole prompt it needs; picking and merging), not the
+        pooling, projector and prompt a dense answer runs too."""
+        model, pre = self.model, policy.pre
+        if pre is None or scene.num_tokens == 0:
+            return model.build_inputs(question, self.spatial_embeddings(scene), self.tokenizer), 0.0, 0.0
+        clip = self.clip_features(scene)  # (V, P, C)
+        start = now(self.device)
+        if pre.method == 'voxel':
+            pooled = coarse_voxel_features(model, clip, scene, pre.amount)  # (M', C)
+            selection_ms = (now(self.device) - start) * 1e3
+            inputs = model.build_inputs(question, model.mm_projector(pooled.to(self.dtype)), self.tokenizer)
+            return inputs, 0.0, selection_ms
+        pooled = model.spatial_features(clip, scene).to(self.dtype)  # (M, C)
+        start = now(self.device)
+        scores, flops = None, 0.0
+        if pre.method == 'query' or (pre.method == 'kcentre' and policy.raters == 'question'):
+            full = model.build_inputs(question, model.mm_projector(pooled), self.tokenizer)
+            rows = policy.score_rows(full.spatial_mask)
+            scores = self.gated.input_scores(full.inputs_embeds, rows)[full.spatial_mask]  # (M,)
+            flops += input_scoring_flops(self.gated.shape, rows, full.num_tokens)
+        selected = select(pre, pooled, scene.tokens.centres, scores)
+        selection_ms = (now(self.device) - start) * 1e3
+        inputs = model.build_inputs(question, model.mm_projector(selected.features), self.tokenizer)
+        return inputs, flops + selected.flops, selection_ms
 
     def text_tokens(self, question: str) -> int:
         """Text and location tokens of the prompt for this question (what a scene does not change)."""
@@ -106,9 +143,14 @@ class SceneAnswerer:
         temperature 0 decodes greedily, > 0 samples (nucleus top_p) reproducibly from `seed`."""
         with torch.inference_mode():
             start = now(self.device)
-            spatial = self.spatial_embeddings(scene)  # (M, D)
-            inputs = self.model.build_inputs(question, spatial, self.tokenizer)
-            vision_ms = (now(self.device) - start) * 1e3
+            inputs, selection_flops, selection_ms = self._selected_inputs(question, scene, policy)
+            vision_ms = (now(self.device) - start) * 1e3 - selection_ms
+            spatial_tokens = scene.num_tokens if policy.pre is not None else inputs.num_spatial
+            dense_tokens = inputs.num_tokens - inputs.num_spatial + spatial_tokens
+            in_lm = policy
+            if policy.pre is not None:  # the cuts after the selection; their raters only where they score
+                scored = policy.kind in ('schedule', 'fastv', 'mass')
+                in_lm = dataclasses.replace(policy, pre=None, raters=policy.raters if scored else 'last')
             if inputs.num_tokens + max_new_tokens > self.context:
                 raise ValueError(
                     f'the prompt ({inputs.num_tokens} tokens, {inputs.num_spatial} of them spatial) '
@@ -123,13 +165,15 @@ class SceneAnswerer:
                     vision_ms,
                     0.0,
                     0.0,
-                    inputs.num_spatial,
+                    spatial_tokens,
                     inputs.num_spatial,
                     inputs.num_text + inputs.num_location,
                     0.0,
                     0.0,
                     str(policy),
                     [],
+                    selection_flops,
+                    selection_ms,
                 )
 
             def stream(ids):
@@ -140,7 +184,7 @@ class SceneAnswerer:
             ids, prefill, decode_ms = self.gated.generate(
                 inputs.inputs_embeds,
                 inputs.spatial_mask,
-                policy,
+                in_lm,
                 max_new_tokens,
                 self.eos_token_ids,
                 on_token=stream,
@@ -159,13 +203,15 @@ class SceneAnswerer:
             vision_ms=vision_ms,
             prefill_ms=prefill.prefill_ms,
             decode_ms=decode_ms,
-            spatial_tokens=inputs.num_spatial,
+            spatial_tokens=spatial_tokens,
             spatial_tokens_kept=prefill.spatial_per_layer[-1],
             text_tokens=inputs.num_text + inputs.num_location,
-            prefill_flops=prefill.prefill_flops,
-            prefill_flops_dense=prefill.prefill_flops_dense,
-            gating=prefill.policy,
+            prefill_flops=prefill.prefill_flops + selection_flops,
+            prefill_flops_dense=prefill_flops(self.gated.shape, [dense_tokens] * self.num_layers),
+            gating=prefill.policy if policy.pre is None else str(policy),
             tokens_per_layer=list(prefill.tokens_per_layer),
+            selection_flops=selection_flops,
+            selection_ms=selection_ms,
         )
 
     def warmup(self, scene) -> None:

@@ -72,6 +72,12 @@ class SceneGeometry:
     def newest_stamp_ns(self) -> int:
         return max(self.stamps_ns) if self.stamps_ns else 0
 
+    def pooled_at(self, voxel_size: float) -> VoxelTokens:
+        """The same valid patches grouped into voxels of another size (a coarser-voxel selection,
+        model/selection.py), never more tokens than this scene has."""
+        xyz = torch.from_numpy(self.patch_xyz[self.patch_valid])  # (N, 3), (view, patch) order
+        return voxel_pool(torch.zeros(xyz.shape[0], 0), xyz, voxel_size, max(self.num_tokens, 1))
+
 
 def nearest_patch_xyz(depth: np.ndarray, K: np.ndarray, pose: np.ndarray, grid: int, mode: str = 'nearest'):
     """patch_xyz(backproject(...), mode) for the one-pixel modes ('nearest', 'centre'), computed on

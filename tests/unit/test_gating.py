@@ -15,7 +15,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from adatoken3d_node.model.flops import LlamaShape, layer_prefill_flops, prefill_flops, scoring_flops
 from adatoken3d_node.model.gating import GatedLlama, keep_count, mass_count
-from adatoken3d_node.model.gating_policy import GatingPolicy, parse_gating
+from adatoken3d_node.model.gating_policy import GatingPolicy, Selection, parse_gating
 
 ATOL = 1e-5  # float32, a 4-layer model: differences seen are ~1e-7
 T_HEAD, N_SPATIAL, T_TAIL = 10, 60, 8  # text, spatial, text: T = 78
@@ -195,6 +195,58 @@ def test_parse_gating_syntax_and_round_trip():
     assert parse_gating("mass:0.9", 4).layers == (1, 2, 3)
     assert str(parse_gating("schedule:1:0.3~question", 32)) == "schedule:1:0.3~question"
     assert str(parse_gating("schedule:1:0.3~last", 32)) == "schedule:1:0.3"  # the default is not written
+
+
+def test_parse_selections_before_the_language_model():
+    cases = {
+        "random:0:0.1": GatingPolicy(pre=Selection("random", 0.1)),
+        "fastv:0:0.05~question": GatingPolicy(raters="question", pre=Selection("query", 0.05)),
+        "kcentre:0.1": GatingPolicy(pre=Selection("kcentre", 0.1)),
+        "kcentre:0.1[merge,feature=2]": GatingPolicy(pre=Selection("kcentre", 0.1, True, 2.0)),
+        "random:00:0.5[merge]": GatingPolicy(pre=Selection("random", 0.5, True)),
+        "voxel:0.4": GatingPolicy(pre=Selection("voxel", 0.4)),
+        "kcentre:0.1[merge]~question": GatingPolicy(raters="question", pre=Selection("kcentre", 0.1, True)),
+        "kcentre:0.25[merge]+schedule:8:0.5,16:0.25": GatingPolicy(
+            "schedule", (8, 16), (0.5, 0.25), pre=Selection("kcentre", 0.25, True)
+        ),
+        "fastv:0:0.2+random:8:0.5~question": GatingPolicy(
+            "random", (8,), (0.5,), raters="question", pre=Selection("query", 0.2)
+        ),
+    }
+    for text, policy in cases.items():
+        parsed = parse_gating(text, 32)
+        assert parsed == policy
+        assert parse_gating(str(parsed), 32) == parsed
+    assert str(parse_gating("kcentre:0.1[feature=1.0]", 32)) == "kcentre:0.1"  # the default is not written
+    assert str(parse_gating("random:00:0.5[merge]", 32)) == "random:0:0.5[merge]"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("random:0:0.5,8:0.25", r"a cut at layer 0 is a selection before the language model"),
+        ("fastv:0:0.5:1", r"a cut at layer 0 is a selection"),
+        ("voxel:0.4[merge]", r"voxel pools every patch already"),
+        ("kcentre:0", r"keep ratio 0\.0 must be in \(0, 1\]"),
+        ("voxel:0", r"voxel size 0\.0 m must be in \(0, 10\]"),
+        ("random:0:0.1[feature=2]", r"feature=w is a kcentre option"),
+        ("kcentre:0.1[merge,merge]", r"bad option 'merge'"),
+        ("fastv:2:0.5[merge]", r"fastv takes no \[options\]"),
+        ("schedule:8:0.5+kcentre:0.1", r"'schedule:8:0\.5' is not a selection before the language model"),
+        ("kcentre:0.1+fastv:2:0.5+fastv:4:0.2", r"at most one selection and one in-LM policy"),
+        ("voxel:0.4~question", r"voxel:0\.4 does not score tokens"),
+        ("random:0:0.1+random:8:0.5~question", r"does not score tokens"),
+    ],
+)
+def test_parse_selection_errors(text, message):
+    with pytest.raises(ValueError, match=rf"^bad gating {re.escape(repr(text))}: .*{message}"):
+        parse_gating(text, 32)
+
+
+def test_a_selection_is_refused_inside_the_language_model(gated):
+    x, mask = prompt()
+    with pytest.raises(ValueError, match="selects tokens before the language model"):
+        gated.prefill(x, mask, parse_gating("kcentre:0.5", 4))
 
 
 @pytest.mark.parametrize(

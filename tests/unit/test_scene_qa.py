@@ -126,6 +126,56 @@ def test_schedule_prunes_spatial_tokens(answerer, scene, inputs, dense):
     assert result.prefill_flops == prefill_flops(shape, [T, t1, t2, t2], [T, T, t1, t2], scoring)
 
 
+# ---- selection before the language model ----------------------------------------------------
+
+
+def test_voxel_at_the_model_s_own_size_is_dense(answerer, scene, dense):
+    """voxel:0.2 pools the patches exactly as the front end does: the same tokens, the same answer."""
+    result = answerer.answer(QUESTION, scene, answerer.policy("voxel:0.2"), N)
+    assert result.token_ids == dense[0].token_ids
+    assert result.prefill_flops == result.prefill_flops_dense == dense[0].prefill_flops_dense
+    coarse = answerer.answer(QUESTION, scene, answerer.policy("voxel:0.6"), 3)
+    assert coarse.spatial_tokens == scene.num_tokens > coarse.spatial_tokens_kept > 0
+    assert coarse.prefill_flops < coarse.prefill_flops_dense == dense[0].prefill_flops_dense
+
+
+@pytest.mark.parametrize(
+    "text", ["random:0:0.1", "kcentre:0.1[merge]", "fastv:0:0.1~question", "kcentre:0.1[merge]~question"]
+)
+def test_a_selection_runs_the_language_model_on_the_kept_tokens_only(answerer, scene, inputs, dense, text):
+    result = answerer.answer(QUESTION, scene, answerer.policy(text), 3)
+    M, T, L = scene.num_tokens, inputs.num_tokens, answerer.num_layers
+    k = math.ceil(0.1 * M)
+    shape = LlamaShape.from_config(answerer.model.language_model.config)
+    assert result.gating == text and result.spatial_tokens == M and result.spatial_tokens_kept == k
+    assert result.tokens_per_layer == [T - M + k] * L  # every layer, layer 0 included, runs on the kept ones
+    assert result.prefill_flops_dense == dense[0].prefill_flops_dense
+    assert result.prefill_flops == prefill_flops(shape, [T - M + k] * L) + result.selection_flops
+    assert (result.selection_flops > 0) == (text != "random:0:0.1")
+    assert result.selection_flops < 0.03 * result.prefill_flops_dense
+
+
+def test_query_selection_keeps_the_top_scored_tokens_of_layer_0(answerer, scene, inputs):
+    """fastv:0:r keeps exactly what a layer-0 score of the whole prompt ranks highest: the same answer as
+    building the prompt from those tokens by hand."""
+    rows = answerer.policy("fastv:0:0.2~question").score_rows(inputs.spatial_mask)
+    scores = answerer.gated.input_scores(inputs.inputs_embeds, rows)[inputs.spatial_mask]
+    kept = scores.topk(math.ceil(0.2 * scene.num_tokens)).indices.sort().values
+    with torch.inference_mode():
+        spatial = answerer.model.spatial_embeddings(scene)[kept]
+        by_hand = answerer.model.build_inputs(QUESTION, spatial, answerer.tokenizer)
+    reference = greedy_without_cache(answerer.model, by_hand.inputs_embeds, 4)
+    assert answerer.answer(QUESTION, scene, answerer.policy("fastv:0:0.2~question"), 4).token_ids == reference
+
+
+def test_hybrid_cuts_count_from_the_tokens_entering_the_model(answerer, scene, inputs):
+    result = answerer.answer(QUESTION, scene, answerer.policy("kcentre:0.5[merge]+fastv:2:0.5"), 3)
+    M, T = scene.num_tokens, inputs.num_tokens
+    k = math.ceil(0.5 * M)
+    assert result.tokens_per_layer == [T - M + k, T - M + k, T - M + math.ceil(0.5 * k), T - M + math.ceil(0.5 * k)]
+    assert result.spatial_tokens_kept == math.ceil(0.5 * k) and result.spatial_tokens == M
+
+
 # ---- stopping and streaming -----------------------------------------------------------------
 
 

@@ -1,0 +1,137 @@
+"""Spatial-token selection before the language model: which voxel tokens enter the prompt at all. ROS-free.
+
+A cut at the input of layer 0 saves every layer's work on the dropped tokens, where an in-LM cut
+(gating.py) saves only the layers after it, and in a LLaVA-3D prompt the question comes after the
+spatial tokens, so by layer 1 it has already read all of them. The selections (gating_policy.Selection):
+
+    random   ceil(r * M) of the M tokens, uniformly (a seeded generator: the same scene, the same pick)
+    query    the top ceil(r * M) by layer 0's own one-row attention score on the input embeddings (the
+             last token's row, or the question's with ~question): GatedLlama.input_scores
+    kcentre  a greedy k-centre cover (farthest-point) in the joint space [xyz in metres, w * unit feature],
+             started at the token farthest from the mean: every dropped token lies within the last pick
+             distance of a kept one, in place and in appearance (DivPrune / 3DZip's coverage idea);
+             kcentre~question seeds the cover with the half the layer-0 question score ranks highest
+             (relevance first, then coverage, as CDPruner's conditional diversity)
+    voxel    LLaVA-3D's own pooling at a coarser voxel size (0.3, 0.4, 0.6 m): the baseline every
+             selection has to beat at the same token count
+
+merge (any but voxel): every dropped token joins its nearest kept token (3D distance; feature cosine
+similarity breaks ties within 1 cm) and each kept token becomes the mean of its members. It works on
+the pooled features before the projector, as voxel pooling does, so a merged token is what the model
+was trained to read: the mean of the patch features of a region, only a larger one.
+
+FLOPs (flops.selection_flops): matmuls only, as flops.py counts the prefill; the distance updates
+are (M, dims) @ (dims, 1) products so torch's flop counter sees exactly what is counted.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .gating_policy import Selection, selection_count
+
+TIE_M2 = 1e-4  # squared 3D distances within 1 cm^2 are a tie for merging: feature similarity decides
+
+
+@dataclass
+class Selected:
+    features: torch.Tensor  # (k, C) pooled spatial features entering the projector
+    kept: torch.Tensor | None  # (k,) int64 indices of the kept tokens among the M input ones, sorted; None for voxel
+    owner: torch.Tensor | None  # (M,) int64 position in `kept` each input token was merged into; None without merge
+    flops: float  # matmul FLOPs of the selection (flops.selection_flops)
+
+
+def kcentre(
+    centres: torch.Tensor, features: torch.Tensor, k: int, feature_weight: float, seeds: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Greedy k-centre over [xyz, feature_weight * unit feature]. centres (M, 3), features (M, C)
+    -> (k,) int64 indices, sorted. Deterministic (ties: the lowest index).
+
+    seeds (s,) int64, s < k: picked first (the query-seeded cover: the tokens the question scores highest),
+    the rest farthest from them; without seeds the first pick is the token farthest from the mean."""
+    m = centres.shape[0]
+    k = min(k, m)
+    z = torch.cat([centres.float(), feature_weight * F.normalize(features.float(), dim=1)], dim=1)  # (M, dims)
+    sq = z.square().sum(1)  # (M,) |z|^2
+    picked = torch.empty(k, dtype=torch.long, device=z.device)
+    min_d2 = torch.full((m,), float('inf'), device=z.device)  # squared distance to the nearest pick
+    j = 0
+    if seeds is not None and seeds.numel():
+        s = seeds[: k - 1]
+        picked[: s.numel()] = s
+        d2 = sq[:, None] + sq[s][None] - 2 * (z @ z[s].t())  # (M, s) one column per seed
+        min_d2 = d2.min(1).values
+        min_d2[s] = -1.0
+        j, i = s.numel(), torch.argmax(min_d2)
+    else:
+        mean = z.mean(0, keepdim=True)  # (1, dims)
+        i = torch.argmax(sq - 2 * (z @ mean.t())[:, 0])  # farthest from the mean (|mean|^2 is common)
+    for j in range(j, k):
+        picked[j] = i
+        if j == k - 1:
+            break
+        d2 = sq + sq[i] - 2 * (z @ z[i : i + 1].t())[:, 0]  # (M,) squared distance to the new pick
+        torch.minimum(min_d2, d2, out=min_d2)
+        min_d2[i] = -1.0  # never picked twice (rounding can leave a pick at ~1e-7)
+        i = torch.argmax(min_d2)
+    return picked.sort().values
+
+
+def merge_into_kept(features: torch.Tensor, centres: torch.Tensor, kept: torch.Tensor):
+    """Every token joins its nearest kept token (a kept one joins itself) -> (merged (k, C), owner (M,)).
+    merged[j] is the mean of the features of the tokens whose owner is j."""
+    k = kept.numel()
+    c = centres.float()
+    ck = c[kept]  # (k, 3)
+    d2 = c.square().sum(1, keepdim=True) + ck.square().sum(1)[None] - 2 * (c @ ck.t())  # (M, k)
+    unit = F.normalize(features.float(), dim=1)
+    similarity = unit @ unit[kept].t()  # (M, k) cosine, in [-1, 1]
+    # lexicographic (distance in 1 cm^2 steps, then the most similar feature); the similarity term is < 1 step
+    key = torch.floor(d2.clamp(min=0) / TIE_M2) - 0.49 * similarity
+    owner = key.argmin(1)  # (M,)
+    owner[kept] = torch.arange(k, device=owner.device)
+    sums = torch.zeros(k, features.shape[1], dtype=torch.float32, device=features.device)
+    sums = sums.index_add_(0, owner, features.float())
+    counts = torch.bincount(owner, minlength=k).clamp(min=1)
+    return (sums / counts[:, None]).to(features.dtype), owner
+
+
+def coarse_voxel_features(model, clip_features: torch.Tensor, scene, voxel_size: float) -> torch.Tensor:
+    """LLaVA-3D's voxel pooling of the scene's patches at voxel_size -> (M', C) pooled features."""
+    from .llava3d import voxel_mean
+
+    patches = model.patch_features(clip_features, scene)  # (N, C)
+    tokens = scene.pooled_at(voxel_size)  # perception.frontend.SceneGeometry
+    return voxel_mean(patches, tokens.patch_to_voxel.to(patches.device), tokens.centres.shape[0])
+
+
+def select(
+    pre: Selection, features: torch.Tensor, centres: torch.Tensor, scores: torch.Tensor | None = None, seed: int = 0
+) -> Selected:
+    """Run a selection (not voxel: coarse_voxel_features) on M pooled tokens. features (M, C), centres (M, 3),
+    scores (M,) for query (GatedLlama.input_scores of the spatial tokens)."""
+    from .flops import kcentre_flops, merge_flops
+
+    m, device = features.shape[0], features.device
+    centres = centres.to(device)
+    k = selection_count(pre.amount, m)
+    flops = 0.0
+    if pre.method == 'random':
+        generator = torch.Generator().manual_seed(seed)
+        kept = torch.randperm(m, generator=generator)[:k].sort().values.to(device)
+    elif pre.method == 'query':
+        if scores is None or scores.shape != (m,):
+            raise ValueError(f"query selection needs the {m} spatial tokens' scores")
+        kept = scores.float().to(device).topk(k).indices.sort().values
+    elif pre.method == 'kcentre':
+        # with scores (kcentre~question): the top half by score seed the cover, coverage picks the rest
+        seeds = None if scores is None else scores.float().to(device).topk(k // 2).indices
+        kept = kcentre(centres, features, k, pre.feature_weight, seeds)
+        flops += kcentre_flops(m, k, 3 + features.shape[1])
+    else:
+        raise ValueError(f'{pre.method} is not a token selection')
+    if not pre.merge:
+        return Selected(features[kept], kept, None, flops)
+    merged, owner = merge_into_kept(features, centres, kept)
+    return Selected(merged, kept, owner, flops + merge_flops(m, k, features.shape[1]))
