@@ -16,11 +16,14 @@ It is fitted at configure from a short warm-up sweep over prompt lengths (dense 
 of synthetic embeddings) and refitted online from every answered query (a sliding window), and its
 relative error on the prefill + decode prediction is tracked and reported.
 
-The controller prunes with one family of schedules, cuts at L/4, L/2 and 3L/4 keeping r^(1/3), r^(2/3)
-and r of the spatial tokens (the AdaToken-3D shape), and picks the largest keep ratio r (the least
-pruning) whose predicted total fits the time the budget has left less a safety margin learnt from the
-recent prediction errors, never below `min_keep_ratio`. When even that floor
-does not fit, the query runs at the floor and is answered late: deadline_met (measured) says so.
+With a calibrated frontier (`gating: auto` and a profile that has one, calibrate.py), the controller
+picks among the frontier's policies: the least pruned whose predicted total fits the time the budget
+has left less a safety margin learnt from the recent prediction errors, never one keeping fewer than
+`min_keep_ratio` of the spatial tokens. A selection before the language model adds its own running
+mean time (k-centre's picks are sequential). Without a frontier it prunes with one family of
+schedules, cuts at L/4, L/2 and 3L/4 keeping r^(1/3), r^(2/3) and r of the spatial tokens (the
+AdaToken-3D shape), and picks the largest keep ratio r, never below `min_keep_ratio`. When even the
+floor does not fit, the query runs at the floor and is answered late: deadline_met (measured) says so.
 """
 
 import collections
@@ -31,7 +34,7 @@ from typing import Deque, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .model.flops import LlamaShape, prefill_flops
-from .model.gating_policy import quarter_layers, ratio_count, with_raters
+from .model.gating_policy import GatingPolicy, parse_gating, quarter_layers, ratio_count, selection_count, with_raters
 
 
 def budget_schedule(num_layers: int, keep_ratio: float, raters: str = 'last') -> str:
@@ -54,6 +57,20 @@ def tokens_per_layer(num_layers: int, text: int, spatial: int, keep_ratio: float
             ratio = round(keep_ratio ** (stage / len(layers)), 4)
             n = text + ratio_count(ratio, spatial)
         counts.append(n)
+    return counts
+
+
+def planned_tokens_per_layer(policy: GatingPolicy, num_layers: int, text: int, spatial: int) -> List[int] | None:
+    """Tokens entering each layer under a policy whose counts do not depend on the scores (any but mass
+    and voxel, whose counts depend on the scene): a selection first, then the in-LM cuts."""
+    if policy.kind == 'mass' or (policy.pre is not None and policy.pre.method == 'voxel'):
+        return None
+    entering = selection_count(policy.pre.amount, spatial) if policy.pre is not None else spatial
+    counts, n = [], entering
+    for layer in range(num_layers):
+        if layer in policy.layers:
+            n = min(n, ratio_count(policy.ratios[policy.layers.index(layer)], entering))
+        counts.append(text + n)
     return counts
 
 
@@ -89,6 +106,7 @@ class CostModel:
         self.prefill_coef = np.zeros(4)  # ms per linear GFLOP, per attention GFLOP, ms, ms per cut
         self.decode_coef = (0.0, 0.0)  # ms per token, ms per token per 1000 cached tokens
         self._vision_ms: Optional[float] = None  # running mean of observed vision times
+        self._selection_ms: dict = {}  # selection method -> running mean of its observed times
         self._errors: Deque[float] = collections.deque(maxlen=window)  # (actual - predicted) / actual
 
     # ---------------------------------------------------------------- fitting
@@ -102,6 +120,14 @@ class CostModel:
         with self._lock:
             first = self._vision_ms is None
             self._vision_ms = vision_ms if first else 0.7 * self._vision_ms + 0.3 * vision_ms
+
+    def add_selection_time(self, method: str, selection_ms: float) -> None:
+        with self._lock:
+            before = self._selection_ms.get(method)
+            self._selection_ms[method] = selection_ms if before is None else 0.7 * before + 0.3 * selection_ms
+
+    def selection_ms(self, method: Optional[str]) -> float:
+        return self._selection_ms.get(method, 0.0) if method else 0.0
 
     def _fit(self) -> None:
         obs = list(self._obs)
@@ -175,11 +201,38 @@ class BudgetDecision:
 
 
 class BudgetController:
-    def __init__(self, cost: CostModel, min_keep_ratio: float = 0.1, raters: str = 'last'):
-        """raters: who scores the spatial tokens in the schedules it picks (the node passes its gating's)."""
+    def __init__(
+        self, cost: CostModel, min_keep_ratio: float = 0.1, raters: str = 'last', frontier: Sequence[str] = ()
+    ):
+        """raters: who scores the spatial tokens in the schedules it picks (the node passes its gating's);
+        frontier: calibrated policies to pick from instead, least pruned first (profiles.frontier_gatings)."""
         self.cost = cost
         self.min_keep_ratio = min_keep_ratio
         self.raters = raters
+        L = cost.shape.num_layers
+        policies = [parse_gating(text, L) for text in frontier]
+        self.frontier = [p for p in policies if planned_tokens_per_layer(p, L, 1, 100) is not None]
+
+    def _predict_counts(self, counts: Sequence[int], new_tokens: int, selection: Optional[str]) -> Tuple[float, float]:
+        model_ms = self.cost.prefill_ms(counts) + self.cost.decode_ms(new_tokens, float(np.mean(counts)))
+        model_ms += self.cost.selection_ms(selection)
+        return self.cost.vision_ms() + model_ms, model_ms
+
+    def _decide_on_frontier(self, remaining_ms: float, text: int, spatial: int, new_tokens: int):
+        """The first frontier policy (least pruned first) predicted to fit among those keeping at least
+        min_keep_ratio of the spatial tokens, else the last of them; None when none keeps that much."""
+        L = self.cost.shape.num_layers
+        decision = None
+        for policy in self.frontier:
+            counts = planned_tokens_per_layer(policy, L, text, spatial)
+            share = (counts[-1] - text) / spatial
+            if share < self.min_keep_ratio:
+                continue
+            total, model = self._predict_counts(counts, new_tokens, policy.pre and policy.pre.method)
+            decision = BudgetDecision(share, str(policy), total, model, total <= remaining_ms)
+            if decision.fits:
+                break
+        return decision
 
     def predict(self, keep_ratio: float, text: int, spatial: int, new_tokens: int) -> Tuple[float, float]:
         """(vision + prefill + decode ms, prefill + decode ms) predicted for a query at this keep ratio
@@ -199,6 +252,9 @@ class BudgetController:
         total, model = self.predict(1.0, text, spatial, new_tokens)
         if total <= remaining_ms or spatial == 0:
             return BudgetDecision(1.0, 'none', total, model, total <= remaining_ms)
+        on_frontier = self._decide_on_frontier(remaining_ms, text, spatial, new_tokens) if self.frontier else None
+        if on_frontier is not None:
+            return on_frontier
         low_total, low_model = self.predict(self.min_keep_ratio, text, spatial, new_tokens)
         if low_total > remaining_ms:
             return BudgetDecision(

@@ -24,7 +24,7 @@ from .model.device import now
 from .model.gating_policy import GatingPolicy, parse_gating
 from .model.llava3d import parse_locations
 from .model.loader import ModelLoadError
-from .model.profiles import resolve_gating
+from .model.profiles import frontier_gatings, load_profile, resolve_gating
 from .model.scene_qa import SceneAnswerer
 from .perception.frontend import FrontEndConfig, SceneFrontEnd
 from .perception.keyframes import KeyframePolicy
@@ -115,7 +115,7 @@ class AnswerPipeline:
             top_p=self.top_p,
             seed=job.seq,
         )
-        self._learn(result, decision)
+        self._learn(result, decision, policy)
         report = QueryReport(
             scene_ms=scene_ms,
             vision_ms=result.vision_ms,
@@ -138,7 +138,7 @@ class AnswerPipeline:
             return QueryOutcome(False, answer=result.text, error='cancelled', cancelled=True, report=report)
         return QueryOutcome(True, answer=result.text, report=report)
 
-    def _learn(self, result, decision) -> None:
+    def _learn(self, result, decision, policy: GatingPolicy) -> None:
         """Every answer refines the cost model; a budgeted one also scores the prediction."""
         if self.budget is None or not result.tokens_per_layer:
             return
@@ -154,6 +154,8 @@ class AnswerPipeline:
             )
         )
         cost.add_vision_time(result.vision_ms)
+        if policy.pre is not None:
+            cost.add_selection_time(policy.pre.method, result.selection_ms)
         if decision is not None:
             cost.record_error(decision.predicted_model_ms, result.prefill_ms + result.decode_ms)
 
@@ -292,7 +294,13 @@ def build_engine(config: Dict[str, object]) -> QueryEngine:
         policy,
         config['temperature'],
         config['top_p'],
-        BudgetController(cost, config['budget_min_keep_ratio'], policy.raters),
+        BudgetController(
+            cost,
+            config['budget_min_keep_ratio'],
+            policy.raters,
+            # with gating auto, budgets pick among the calibrated frontier's policies
+            frontier_gatings(load_profile(model_path)) if config['gating'].partition('~')[0].strip() == 'auto' else (),
+        ),
         Admission(config['require_scene'], config['max_point_distance_m'], config['fixed_frame']),
     )
     engine = QueryEngine(

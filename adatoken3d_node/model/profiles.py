@@ -1,7 +1,8 @@
 """Calibrated gating profiles: where `gating: auto` finds the schedule of the loaded checkpoint.
 
-A profile is JSON written by adatoken3d-calibrate (the lab's calibrate.py); the node reads only its
-`schedule`. It is looked up next to the checkpoint, then among the profiles the package ships,
+A profile is JSON written by adatoken3d-calibrate (the lab's calibrate.py); the node reads its `auto`
+point (the policy `gating: auto` runs; older profiles: `schedule`) and its `frontier`, the points the
+budget controller picks from. It is looked up next to the checkpoint, then among the profiles the package ships,
 which are named by the id of the checkpoint's weights. ROS-free.
 """
 
@@ -11,6 +12,7 @@ import pathlib
 from typing import List
 
 from ..share import share_candidates
+from .gating_policy import scores_tokens
 
 PROFILE_NAME = 'adatoken3d_gating.json'  # next to a checkpoint
 SHIPPED_PROFILES = pathlib.Path('models') / 'gating_profiles'  # in the package share (and source tree)
@@ -38,16 +40,37 @@ def profile_candidates(model_path) -> List[pathlib.Path]:
     return [pathlib.Path(model_path) / PROFILE_NAME, *share_candidates(SHIPPED_PROFILES / name)]
 
 
+def load_profile(model_path) -> dict | None:
+    """The calibrated profile of the checkpoint at model_path (profile_candidates, first found), or None."""
+    for place in profile_candidates(model_path):
+        if place.is_file():
+            return json.loads(place.read_text())
+    return None
+
+
+def auto_gating(profile: dict) -> str:
+    """What `gating: auto` runs under this profile."""
+    return profile['auto']['gating'] if 'auto' in profile else profile['schedule']
+
+
+def frontier_gatings(profile: dict | None) -> List[str]:
+    """The profile's frontier policies, least pruned first ([] without a profile or a frontier)."""
+    points = (profile or {}).get('frontier', [])
+    return [p['gating'] for p in sorted(points, key=lambda p: p['flops_reduction'])]
+
+
 def resolve_gating(text: str, model_path) -> str:
-    """The gating text to run: `auto` becomes the calibrated schedule of this checkpoint (`auto~question`
+    """The gating text to run: `auto` becomes the calibrated policy of this checkpoint (`auto~question`
     the same scored by the question's tokens, gating.py)."""
     base, tilde, raters = text.partition('~')
     if base.strip() != 'auto':
         return text
+    profile = load_profile(model_path)
+    if profile is not None:
+        gating = auto_gating(profile)
+        # auto~question: the question's raters wherever the calibrated policy scores tokens at all
+        return gating.partition('~')[0] + tilde + raters if tilde and scores_tokens(gating) else gating
     places = profile_candidates(model_path)
-    for place in places:
-        if place.is_file():
-            return json.loads(place.read_text())['schedule'] + tilde + raters
     raise ValueError(
         f'gating auto: no calibrated profile for the checkpoint at {model_path} (id '
         f'{checkpoint_id(model_path)}); looked in {", ".join(str(p) for p in places)}. Run '

@@ -17,6 +17,21 @@ three-stage cut layouts, and ratios scaled down from the measured keep_for_95 cu
 predicted prefill FLOPs reduction reaches the target, it picks the one that keeps the most
 attention mass (measured on the calibration prompts).
 
+Then the frontier: the fitted schedule and the selections before the language model (k-centre, layer-0
+query scores and the query-seeded k-centre, with and without merging, at 50/25/10/5% of the spatial
+tokens, and a hybrid)
+answer every calibration prompt, and each is scored by a proxy that needs no labels, so it means the
+same for LLaVA-3D-7B on a robot's own frames as for the shipped model on rendered rooms:
+
+    agreement = the share of prompts whose greedy answer (its first MAX_NEW_TOKENS tokens) is the
+                dense answer, word for word
+
+against its prefill FLOPs reduction (counted exactly, selection included). The profile keeps every
+point measured and the Pareto frontier; `gating: auto` runs the frontier point with the largest FLOPs
+reduction whose agreement is at least --auto-agreement (0.97), and the budget controller picks among
+the frontier's points the least pruned that fits the time a query has left. Random selections are
+not candidates: they are what the others must beat (benchmarks/bench_accuracy.py).
+
 The profile goes next to the checkpoint (MODEL_DIR/adatoken3d_gating.json) unless --output says
 otherwise; profiles shipped with the package live in models/gating_profiles/<checkpoint id>.json.
 The node's `gating: auto` looks in both places for the loaded checkpoint. ROS-free.
@@ -40,6 +55,22 @@ from adatoken3d_node.model.gating_policy import parse_gating
 from adatoken3d_node.model.profiles import PROFILE_NAME, SHIPPED_PROFILES, checkpoint_id
 
 MASS = 0.95
+MAX_NEW_TOKENS = 8  # of the greedy answers compared with dense
+AUTO_AGREEMENT = 0.97
+FRONTIER_RATIOS = (0.5, 0.25, 0.1, 0.05)
+FRONTIER_SELECTIONS = (
+    'kcentre:{r}',
+    'kcentre:{r}[merge]',
+    'fastv:0:{r}~question',
+    'fastv:0:{r}[merge]~question',
+    'kcentre:{r}~question',
+    'kcentre:{r}[merge]~question',
+)
+FRONTIER_HYBRIDS = ('kcentre:0.25[merge]+fastv:1:0.2~question',)
+PROXY = (
+    f'agreement: the share of calibration prompts whose greedy answer (first {MAX_NEW_TOKENS} tokens) equals '
+    'the dense answer; needs no labelled answers'
+)
 DEFAULT_QUESTIONS = (
     'What is on the table?',
     'Where is the chair?',
@@ -147,7 +178,66 @@ def fit_schedule(stats: Dict[int, LayerStats], shape: LlamaShape, tokens: int, s
     return {**(best or strongest), 'target_met': best is not None}
 
 
-def calibrate(model, tokenizer, model_path, scenes, questions, target: float) -> dict:
+def frontier_candidates(schedule: str) -> List[str]:
+    """The policies the frontier is measured over: the fitted schedule, the selections, the hybrids."""
+    selections = [text.format(r=r) for r in FRONTIER_RATIOS for text in FRONTIER_SELECTIONS]
+    return [schedule, *selections, *FRONTIER_HYBRIDS]
+
+
+def measure_agreement(answerer, prompts, candidates: Sequence[str]) -> List[dict]:
+    """Every candidate on every (scene, question) prompt -> one point each: gating, FLOPs reduction (summed
+    over prompts), mean share of spatial tokens kept, agreement with the dense answer."""
+    from .training.evaluate import normalise
+
+    none = answerer.policy('none')
+    dense = [answerer.answer(q, scene, none, MAX_NEW_TOKENS) for scene, q in prompts]
+    points = []
+    for text in candidates:
+        policy = answerer.policy(text)
+        answers = [answerer.answer(q, scene, policy, MAX_NEW_TOKENS) for scene, q in prompts]
+        flops = sum(a.prefill_flops for a in answers)
+        flops_dense = sum(a.prefill_flops_dense for a in answers)
+        points.append(
+            {
+                'gating': str(policy),
+                'flops_reduction': round(1 - flops / flops_dense, 4),
+                'spatial_kept_share': round(
+                    float(np.mean([a.spatial_tokens_kept / max(a.spatial_tokens, 1) for a in answers])), 4
+                ),
+                'agreement': round(
+                    float(np.mean([normalise(a.text) == normalise(d.text) for a, d in zip(answers, dense)])), 4
+                ),
+            }
+        )
+    return points
+
+
+def pareto_frontier(points: Sequence[dict]) -> List[dict]:
+    """The points no other beats on both FLOPs reduction and agreement, by increasing reduction."""
+    frontier, best = [], -1.0
+    for point in sorted(points, key=lambda p: (-p['flops_reduction'], -p['agreement'])):
+        if point['agreement'] > best:
+            frontier.append(point)
+            best = point['agreement']
+    return frontier[::-1]
+
+
+def pick_auto(frontier: Sequence[dict], min_agreement: float) -> dict | None:
+    """The frontier point with the largest FLOPs reduction whose agreement reaches min_agreement."""
+    good = [p for p in frontier if p['agreement'] >= min_agreement]
+    return max(good, key=lambda p: p['flops_reduction']) if good else None
+
+
+def calibrate(
+    model,
+    tokenizer,
+    model_path,
+    scenes,
+    questions,
+    target: float,
+    frontier: bool = True,
+    min_agreement: float = AUTO_AGREEMENT,
+) -> dict:
     start = time.monotonic()
     stats, token_counts = mine(model, tokenizer, scenes, questions)
     n_questions = len({q for scene in scenes if isinstance(scene, tuple) for q in scene[1]} or questions)
@@ -181,6 +271,38 @@ def calibrate(model, tokenizer, model_path, scenes, questions, target: float) ->
         'low_mass_share_mean': round(float(np.mean([row['low_mass_share'] for row in layers])), 4),
         'target_flops_reduction': target,
         **fit,
+        **(
+            measure_frontier(model, tokenizer, model_path, scenes, questions, fit['schedule'], min_agreement)
+            if frontier
+            else {}
+        ),
+    }
+
+
+def measure_frontier(model, tokenizer, model_path, scenes, questions, schedule: str, min_agreement: float) -> dict:
+    """The profile's frontier part: every candidate measured, the frontier, what `auto` runs and why."""
+    from adatoken3d_node.model.scene_qa import SceneAnswerer
+
+    answerer = SceneAnswerer(model, tokenizer, model_path)
+    prompts = [
+        (scene, q)
+        for scene, own in (s if isinstance(s, tuple) else (s, None) for s in scenes)
+        for q in own or questions
+    ]
+    start = time.monotonic()
+    points = measure_agreement(answerer, prompts, frontier_candidates(schedule))
+    frontier = pareto_frontier(points)
+    auto = pick_auto(frontier, min_agreement)
+    reason = f'the largest FLOPs reduction with agreement >= {min_agreement}'
+    if auto is None:
+        auto = next(p for p in points if p['gating'] == str(answerer.policy(schedule)))
+        reason = f'no candidate reached agreement {min_agreement}: the fitted schedule'
+    return {
+        'proxy': PROXY,
+        'candidates': points,
+        'frontier': frontier,
+        'auto': {**auto, 'min_agreement': min_agreement, 'reason': reason},
+        'frontier_seconds': round(time.monotonic() - start, 1),
     }
 
 
@@ -239,7 +361,14 @@ def main(argv=None) -> int:
         'synthetic:val:40 (rendered scenes with their own questions); repeatable',
     )
     parser.add_argument('--questions', default=None, help='text file, one question per line')
-    parser.add_argument('--target-flops-reduction', type=float, default=0.63)
+    parser.add_argument('--target-flops-reduction', type=float, default=0.63, help='of the fitted schedule')
+    parser.add_argument(
+        '--auto-agreement',
+        type=float,
+        default=AUTO_AGREEMENT,
+        help='gating: auto runs the most pruning frontier point whose answers agree with dense this often',
+    )
+    parser.add_argument('--no-frontier', action='store_true', help='fit the schedule only (no answers generated)')
     parser.add_argument('--device', default='auto')
     parser.add_argument('--dtype', default='auto')
     parser.add_argument(
@@ -265,6 +394,8 @@ def main(argv=None) -> int:
         scenes_from_datasets(args.dataset, model),
         questions,
         args.target_flops_reduction,
+        frontier=not args.no_frontier,
+        min_agreement=args.auto_agreement,
     )
     output = pathlib.Path(args.output) if args.output else pathlib.Path(args.model_path) / PROFILE_NAME
     if args.ship:
@@ -284,6 +415,12 @@ def main(argv=None) -> int:
         f'attention mass kept {profile["predicted_mass_retained"]:.1%}; '
         f'{profile["low_mass_share_mean"]:.0%} of spatial tokens carry < 5% of the mass (mean over layers)'
     )
+    if 'auto' in profile:
+        auto = profile['auto']
+        print(
+            f'gating auto: {auto["gating"]} (FLOPs reduction {auto["flops_reduction"]:.1%}, agreement with dense '
+            f'{auto["agreement"]:.1%}: {auto["reason"]}); frontier of {len(profile["frontier"])} points'
+        )
     print(f'wrote {output}')
     return 0
 

@@ -2,6 +2,7 @@
 artificial slow-down), a scene of ~1500 spatial tokens published live over DDS, and queries with budgets
 that dense inference misses."""
 
+import json
 import math
 import statistics
 
@@ -32,10 +33,8 @@ K = [100.0, 0.0, 79.5, 0.0, 100.0, 59.5, 0.0, 0.0, 1.0]
 QUESTION = 'Describe the room.'
 
 
-@pytest.fixture(scope='module')
-def node_with_scene(tmp_path_factory):
-    root = tmp_path_factory.mktemp('medium')
-    model = create_random_llava3d(root / 'model', root / 'clip', seed=0, llama=MEDIUM)
+def start_node_with_scene(root, model, namespace, gating='none'):
+    """A node on `model` (gating as given) and the scene published to it; -> (client, node)."""
     values = parameters.defaults()
     values.update(
         keyframe_min_translation_m=0.0,
@@ -46,17 +45,19 @@ def node_with_scene(tmp_path_factory):
         max_new_tokens=4,
         tf_timeout_s=1.0,
         budget_min_keep_ratio=0.1,
+        gating=gating,
     )
-    params = root / 'params.yaml'
+    params = root / f'{namespace}.yaml'
     params.write_text(yaml.safe_dump({'/**': {'ros__parameters': values}}))
     node = NodeProcess(
-        ['namespace:=budget', f'model_path:={model}', f'params_file:={params}'], log_path=str(root / 'node.log')
+        [f'namespace:={namespace}', f'model_path:={model}', f'params_file:={params}'],
+        log_path=str(root / f'{namespace}.log'),
     ).start()
-    client = QueryClient(namespace='budget', name='budget_client')
+    client = QueryClient(namespace=namespace, name=f'{namespace}_client')
     try:
         client.wait_for_node(timeout=TIMEOUT)
         pubs = sensor_publishers(
-            client, 'budget', ('color_image', 'color_info', 'depth_image', 'depth_info'), TIMEOUT, tf=True
+            client, namespace, ('color_image', 'color_info', 'depth_image', 'depth_info'), TIMEOUT, tf=True
         )
         rng = np.random.default_rng(0)
         for i in range(VIEWS):  # a camera moving along x, looking at random surfaces 1-5 m away
@@ -76,6 +77,24 @@ def node_with_scene(tmp_path_factory):
                 lambda: client.latest_diagnostics().get('views.views_kept') == str(i + 1), TIMEOUT, f'view {i + 1} kept'
             )
         client.wait_until(lambda: client.latest_diagnostics().get('scene.views') == str(VIEWS), TIMEOUT, 'the scene')
+    except BaseException:
+        client.close()
+        node.stop()
+        raise
+    return client, node
+
+
+@pytest.fixture(scope='module')
+def medium_model(tmp_path_factory):
+    root = tmp_path_factory.mktemp('medium')
+    return root, create_random_llava3d(root / 'model', root / 'clip', seed=0, llama=MEDIUM)
+
+
+@pytest.fixture(scope='module')
+def node_with_scene(medium_model):
+    root, model = medium_model
+    client, node = start_node_with_scene(root, model, 'budget')
+    try:
         yield client, node, model
     finally:
         client.close()
@@ -127,3 +146,35 @@ def test_an_unreachable_budget_runs_at_the_floor_and_is_answered_late(node_with_
     assert response.success and not response.metrics.deadline_met
     assert 'floor' in response.metrics.gating
     assert response.metrics.spatial_tokens_kept == math.ceil(0.1 * response.metrics.spatial_tokens)
+
+
+# A calibrated profile with a frontier, as adatoken3d-calibrate writes it (its numbers do not matter here).
+FRONTIER = ('kcentre:0.5[merge]', 'fastv:0:0.25~question', 'kcentre:0.1[merge]', 'fastv:0:0.05~question')
+
+
+def test_gating_auto_runs_the_profile_s_pick_and_budgets_pick_on_its_frontier(medium_model):
+    from adatoken3d_node.model.profiles import PROFILE_NAME
+
+    root, model = medium_model
+    points = [
+        {'gating': text, 'flops_reduction': 0.5 + 0.1 * i, 'agreement': 1 - 0.1 * i} for i, text in enumerate(FRONTIER)
+    ]
+    profile = {'schedule': 'schedule:2:0.5', 'auto': {'gating': FRONTIER[0]}, 'frontier': points}
+    (model / PROFILE_NAME).write_text(json.dumps(profile))
+    client, node = start_node_with_scene(root, model, 'budget_auto', gating='auto')
+    try:
+        plain = client.query(QUESTION, timeout=TIMEOUT)
+        assert plain.success and plain.metrics.gating == FRONTIER[0]
+        assert plain.metrics.spatial_tokens == 1500 and plain.metrics.spatial_tokens_kept == 750
+        # no time at all: the most pruned frontier point at or above budget_min_keep_ratio (0.1), answered late
+        late = client.query(QUESTION, latency_budget_ms=1.0, timeout=TIMEOUT)
+        assert late.success and not late.metrics.deadline_met
+        assert 'floor' in late.metrics.gating and late.metrics.gating.endswith(FRONTIER[2])
+        assert late.metrics.spatial_tokens_kept == 150
+        # plenty of time: dense
+        roomy = client.query(QUESTION, latency_budget_ms=60_000.0, timeout=TIMEOUT)
+        assert roomy.success and roomy.metrics.deadline_met and roomy.metrics.gating.endswith('none')
+    finally:
+        client.close()
+        node.stop()
+        (model / PROFILE_NAME).unlink()

@@ -45,3 +45,45 @@ def test_tokens_per_layer_follow_the_schedule_the_gate_runs():
             assert list(policy.layers) == quarter_layers(layers)
             for layer, ratio in zip(policy.layers, policy.ratios):
                 assert counts[layer] == 40 + ratio_count(ratio, 340)
+
+
+FRONTIER = ('kcentre:0.5[merge]', 'schedule:2:0.5,4:0.25', 'kcentre:0.1[merge]', 'fastv:0:0.05~question', 'mass:0.9')
+
+
+def test_controller_picks_the_least_pruned_frontier_policy_that_fits():
+    shape = LlamaShape(hidden=64, intermediate=176, num_layers=8, num_heads=4, num_kv_heads=4, head_dim=16, vocab=100)
+    cost = budget.CostModel(shape)
+    cost.prefill_coef = np.array([1000.0, 1000.0, 0.0, 0.0])
+    controller = budget.BudgetController(cost, min_keep_ratio=0.05, frontier=FRONTIER)
+    assert [str(p) for p in controller.frontier] == list(FRONTIER[:4])  # mass: counts depend on the scores
+    dense_ms, _ = controller.predict(1.0, 50, 1000, 1)
+    margin = cost.safety_margin()
+
+    def predicted(text):
+        counts = budget.planned_tokens_per_layer(parse_gating(text, 8), 8, 50, 1000)
+        return cost.prefill_ms(counts) + cost.vision_ms()
+
+    assert controller.decide(dense_ms / (1 - margin) + 1, 50, 1000, 1).policy_text == 'none'
+    # the time left between two frontier points' predictions: the less pruned of them that fits
+    half = controller.decide((predicted('kcentre:0.5[merge]') + 1) / (1 - margin), 50, 1000, 1)
+    assert (half.policy_text, half.keep_ratio, half.fits) == ('kcentre:0.5[merge]', 0.5, True)
+    tight = controller.decide((predicted('kcentre:0.1[merge]') + 1) / (1 - margin), 50, 1000, 1)
+    assert (tight.policy_text, tight.keep_ratio) == ('kcentre:0.1[merge]', 0.1)
+    floor = controller.decide(1.0, 50, 1000, 1)
+    assert (floor.policy_text, floor.keep_ratio, floor.fits) == ('fastv:0:0.05~question', 0.05, False)
+    # never below min_keep_ratio: then the floor is the 10% point
+    careful = budget.BudgetController(cost, min_keep_ratio=0.1, frontier=FRONTIER)
+    assert careful.decide(1.0, 50, 1000, 1).policy_text == 'kcentre:0.1[merge]'
+    # in the frontier's order: with time for both of the first two points, the first
+    both = (max(predicted('kcentre:0.5[merge]'), predicted('schedule:2:0.5,4:0.25')) + 1) / (1 - margin)
+    assert controller.decide(both, 50, 1000, 1).policy_text == 'kcentre:0.5[merge]'
+    # a selection's observed time is part of the prediction: k-centre no longer fits, the schedule does
+    cost.add_selection_time('kcentre', 10 * dense_ms)
+    assert controller.decide(both, 50, 1000, 1).policy_text == 'schedule:2:0.5,4:0.25'
+
+
+def test_planned_counts_are_what_the_policy_keeps():
+    counts = budget.planned_tokens_per_layer(parse_gating('kcentre:0.25[merge]+fastv:2:0.2', 4), 4, 30, 400)
+    assert counts == [130, 130, 50, 50]
+    assert budget.planned_tokens_per_layer(parse_gating('none', 4), 4, 30, 400) == [430] * 4
+    assert budget.planned_tokens_per_layer(parse_gating('voxel:0.4', 4), 4, 30, 400) is None

@@ -5,7 +5,18 @@ import json
 import numpy as np
 import pytest
 
-from adatoken3d_lab.calibrate import LayerStats, calibrate, checkpoint_id, fit_schedule, main, retained_mass
+from adatoken3d_lab.calibrate import (
+    AUTO_AGREEMENT,
+    LayerStats,
+    calibrate,
+    checkpoint_id,
+    fit_schedule,
+    frontier_candidates,
+    main,
+    pareto_frontier,
+    pick_auto,
+    retained_mass,
+)
 from adatoken3d_node.model.flops import LlamaShape, prefill_flops
 from adatoken3d_node.model.gating_policy import parse_gating
 from adatoken3d_node.model.loader import load_llava3d
@@ -57,9 +68,43 @@ def test_profile_reports_attention_statistics_and_a_schedule_that_parses(tiny):
     assert profile['target_met'] and profile['predicted_flops_reduction'] >= 0.2
     assert profile['checkpoint_id'] == checkpoint_id(path) and profile['untrained_model']
     again = calibrate(model, tokenizer, path, [scene], ['Where is the chair?', 'What is at [1, 0, 2]?'], 0.2)
-    assert {k: v for k, v in again.items() if k != 'calibration'} == {
-        k: v for k, v in profile.items() if k != 'calibration'
+    timings = ('calibration', 'frontier_seconds')
+    assert {k: v for k, v in again.items() if k not in timings} == {
+        k: v for k, v in profile.items() if k not in timings
     }
+    # the frontier: every candidate measured with the label-free proxy, the Pareto points, auto's pick
+    assert 'agreement' in profile['proxy'] and 'no labelled answers' in profile['proxy']
+    assert [p['gating'] for p in profile['candidates']] == [
+        str(parse_gating(text, L)) for text in frontier_candidates(profile['schedule'])
+    ]
+    for point in profile['candidates']:
+        assert 0.0 <= point['agreement'] <= 1.0 and 0.0 < point['flops_reduction'] < 1.0
+    assert profile['frontier'] == pareto_frontier(profile['candidates'])
+    auto = profile['auto']
+    assert auto['gating'] in [p['gating'] for p in profile['candidates']]
+    if auto['agreement'] >= AUTO_AGREEMENT:
+        assert auto == {
+            **pick_auto(profile['frontier'], AUTO_AGREEMENT),
+            'min_agreement': AUTO_AGREEMENT,
+            'reason': auto['reason'],
+        }
+    else:
+        assert auto['gating'] == profile['schedule'] and 'no candidate reached' in auto['reason']
+
+
+def test_pareto_frontier_and_auto_pick():
+    points = [
+        {'gating': 'a', 'flops_reduction': 0.5, 'agreement': 0.99},
+        {'gating': 'b', 'flops_reduction': 0.7, 'agreement': 0.95},
+        {'gating': 'c', 'flops_reduction': 0.6, 'agreement': 0.90},  # dominated by b
+        {'gating': 'd', 'flops_reduction': 0.9, 'agreement': 0.97},
+        {'gating': 'e', 'flops_reduction': 0.95, 'agreement': 0.60},
+    ]
+    frontier = pareto_frontier(points)
+    assert [p['gating'] for p in frontier] == ['a', 'd', 'e']  # b: d cuts more and agrees more
+    assert pick_auto(frontier, 0.97)['gating'] == 'd'
+    assert pick_auto(frontier, 0.98)['gating'] == 'a'
+    assert pick_auto(frontier, 0.999) is None
 
 
 def test_an_unreachable_target_keeps_the_strongest_schedule_and_says_so(tiny):
@@ -115,6 +160,7 @@ def test_command_line_writes_the_profile(tiny, tmp_path, capsys):
                 'cpu',
                 '--target-flops-reduction',
                 '0.1',
+                '--no-frontier',  # the frontier is measured in the test above; here 10 prompts x 27 policies
                 '--output',
                 str(output),
             ]
@@ -123,21 +169,44 @@ def test_command_line_writes_the_profile(tiny, tmp_path, capsys):
     )
     profile = json.loads(output.read_text())
     assert profile['calibration']['scenes'] == 1 and profile['calibration']['prompts'] == 10
+    assert 'frontier' not in profile and 'auto' not in profile
     assert 'wrote' in capsys.readouterr().out
 
 
 def test_gating_auto_resolves_to_the_profile_of_the_loaded_checkpoint(tiny, tmp_path):
-    from adatoken3d_node.model.profiles import PROFILE_NAME, profile_candidates, resolve_gating
+    from adatoken3d_node.model.profiles import (
+        PROFILE_NAME,
+        frontier_gatings,
+        load_profile,
+        profile_candidates,
+        resolve_gating,
+    )
 
     path, _, _ = tiny
     assert resolve_gating('fastv:2:0.5', path) == 'fastv:2:0.5'  # anything but auto passes through
     with pytest.raises(ValueError, match=f'no calibrated profile.*{checkpoint_id(path)}.*adatoken3d-calibrate'):
         resolve_gating('auto', path)
     assert profile_candidates(path)[0] == path / PROFILE_NAME
-    (path / PROFILE_NAME).write_text(json.dumps({'schedule': 'schedule:1:0.5,2:0.25'}))
+    (path / PROFILE_NAME).write_text(json.dumps({'schedule': 'schedule:1:0.5,2:0.25'}))  # a profile of before
     try:
         assert resolve_gating('auto', path) == 'schedule:1:0.5,2:0.25'
         assert resolve_gating('auto~question', path) == 'schedule:1:0.5,2:0.25~question'
+        assert frontier_gatings(load_profile(path)) == []
+        frontier = [
+            {'gating': 'kcentre:0.1[merge]', 'flops_reduction': 0.9},
+            {'gating': 'fastv:0:0.5~question', 'flops_reduction': 0.4},
+        ]
+        cases = (
+            ('voxel:0.4', 'voxel:0.4'),
+            ('fastv:0:0.5', 'fastv:0:0.5~question'),
+            ('kcentre:0.1', 'kcentre:0.1~question'),
+        )
+        for auto, question in cases:
+            profile = {'schedule': 'schedule:1:0.5', 'auto': {'gating': auto}, 'frontier': frontier}
+            (path / PROFILE_NAME).write_text(json.dumps(profile))
+            assert resolve_gating('auto', path) == auto
+            assert resolve_gating('auto~question', path) == question  # raters only where the policy scores
+        assert frontier_gatings(load_profile(path)) == ['fastv:0:0.5~question', 'kcentre:0.1[merge]']
     finally:
         (path / PROFILE_NAME).unlink()
 
