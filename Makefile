@@ -68,6 +68,7 @@ bench: setup
 	$(PY) -m benchmarks.bench_perception
 	$(PY) -m benchmarks.bench_gating
 	$(PY) -m benchmarks.bench_accuracy
+	$(PY) -m benchmarks.bench_selection
 
 # Retrain the shipped model from scratch (seeded), calibrate its gating profile, reinstall.
 train-tiny: $(VENV)/.stamp-interfaces

@@ -11,6 +11,13 @@ lower-casing. FLOPs are the prefill's, counted exactly (scoring included), summe
 Every scored policy but two FastV points also runs with the question's tokens as raters
 (`~question`, gating.py), labelled `<label>_question`.
 
+Selections before the language model (model/selection.py) run at matched keep ratios (50, 25, 10, 5
+and 2% of the spatial tokens): random, k-centre, layer-0 query scores (the question's rows) and the
+query-seeded k-centre, each with and without merging, beside coarser voxel pooling (0.3-0.8 m) and two
+hybrids. Every row carries paired cluster-bootstrap 95% intervals (lab/stats.py: scenes
+resampled, every policy scored on the same draw) of its accuracy, of its difference to dense and to
+the random policy nearest in FLOPs (same questions, same scenes), and of its accuracy relative to dense.
+
 The same for two held-out splits drawn differently (training/dataset.SPLIT_KINDS): `shifted`, rooms
 in styles the training never saw (synthetic.sample_style), and `clutter`, 12-25 small objects and
 1500+ spatial tokens a scene; they go under "splits" in the JSON.
@@ -23,18 +30,35 @@ import pathlib
 import sys
 import time
 
-from adatoken3d_node.model.profiles import profile_candidates, resolve_gating
+from adatoken3d_node.model.profiles import frontier_gatings, load_profile, profile_candidates, resolve_gating
 from adatoken3d_node.model.scene_qa import SceneAnswerer
 from adatoken3d_node.perception.frontend import FrontEndConfig
 from adatoken3d_node.share import default_model_dir
 from adatoken3d_lab.training import questions
 from adatoken3d_lab.training.dataset import render_split
 from adatoken3d_lab.training.evaluate import evaluate
+from adatoken3d_lab.stats import PairedBootstrap
 
 from .common import RESULTS, machine, write_results
 
 MASS_P = (0.3, 0.5, 0.7, 0.8, 0.9)
 QUESTION = '_question'  # label suffix of a policy scored by the question's tokens
+KEEP_RATIOS = (0.5, 0.25, 0.1, 0.05, 0.02)  # matched keep ratios of the selections before the LM
+SELECTIONS = {  # label prefix -> gating text at keep ratio r
+    'random_pre': 'random:0:{r}',
+    'random_pre_merge': 'random:0:{r}[merge]',
+    'kcentre': 'kcentre:{r}',
+    'kcentre_merge': 'kcentre:{r}[merge]',
+    'query': 'fastv:0:{r}~question',
+    'query_merge': 'fastv:0:{r}[merge]~question',
+    'kcentre_query': 'kcentre:{r}~question',
+    'kcentre_query_merge': 'kcentre:{r}[merge]~question',
+}
+VOXEL_SIZES = (0.3, 0.4, 0.6, 0.8)
+HYBRIDS = {  # a selection to a coarse count, then an in-LM cut at layer 1 (5% and 2% of the tokens left)
+    'hybrid_kcentre_merge_25_query_5': 'kcentre:0.25[merge]+fastv:1:0.2~question',
+    'hybrid_kcentre_merge_10_query_2': 'kcentre:0.1[merge]+fastv:1:0.2~question',
+}
 
 
 def policies(num_layers: int, model_path) -> dict:
@@ -57,7 +81,49 @@ def policies(num_layers: int, model_path) -> dict:
     # The same scored policies with the question's tokens as raters (gating.py, "~question").
     for label in [label for label in out if label.startswith(('adatoken', 'calibrated', 'mass', 'fastv_k1'))]:
         out[f'{label}{QUESTION}'] = f'{out[label]}~question'
+    for prefix, text in SELECTIONS.items():
+        for r in KEEP_RATIOS:
+            out[f'{prefix}_{round(100 * r)}'] = text.format(r=r)
+    for size in VOXEL_SIZES:
+        out[f'voxel_{round(100 * size)}cm'] = f'voxel:{size}'
+    out.update(HYBRIDS)
     return out
+
+
+def random_reference(label: str, rows: dict) -> str:
+    """The random policy at the same cost: a selection's random twin at its keep ratio (merged if it merges:
+    only the choice of tokens differs; random with merging against random without), else the unmerged
+    random policy nearest in FLOPs reduction."""
+    for prefix in sorted(SELECTIONS, key=len, reverse=True):
+        if label.startswith(prefix + '_') and label[len(prefix) + 1 :].isdigit():
+            twin = ('random_pre_merge_' if prefix.endswith('_merge') else 'random_pre_') + label[len(prefix) + 1 :]
+            if twin == label:  # random with merging: against random without it
+                twin = 'random_pre_' + label[len(prefix) + 1 :]
+            if twin != label and twin in rows:
+                return twin
+            break
+    randoms = [key for key in rows if key.startswith('random') and 'merge' not in key and key != label]
+    return min(randoms, key=lambda key: abs(rows[key]['flops_reduction'] - rows[label]['flops_reduction']))
+
+
+def add_intervals(rows: dict, results: dict) -> None:
+    """Paired bootstrap intervals (stats.PairedBootstrap) into every row: accuracy, vs dense, vs random."""
+    labels = list(results)
+    boot = PairedBootstrap({label: results[label].outcomes for label in labels}, results['dense'].scenes)
+    for label in labels:
+        row = rows[label]
+        row['overall_ci95'] = boot.accuracy(label).as_json()['ci95']
+        row['vs_dense_points'] = boot.difference(label, 'dense').as_json(100, 2)
+        row['relative_to_dense'] = boot.ratio(label, 'dense').as_json()
+        if label == 'dense' or (label.startswith('random') and 'merge' not in label):
+            row['vs_random_points'] = None  # dense, or random itself
+            continue
+        reference = random_reference(label, rows)
+        row['vs_random_points'] = {
+            'reference': reference,
+            'reference_flops_reduction': rows[reference]['flops_reduction'],
+            **boot.difference(label, reference).as_json(100, 2),
+        }
 
 
 def run_split(answerer, config, texts: dict, split: str, count: int):
@@ -69,63 +135,67 @@ def run_split(answerer, config, texts: dict, split: str, count: int):
     for label, acc in results.items():
         rows[label] = {'gating': texts[label], **acc.summary()}
         rows[label]['overall_delta_points'] = round(100 * (acc.overall - dense.overall), 2)
+    add_intervals(rows, results)
+    for label, row in rows.items():
+        acc = results[label]
         print(
-            f'{split:8s} {label:27s} FLOPs -{acc.flops_reduction:6.1%}  overall {acc.overall:6.1%}  '
+            f'{split:8s} {label:32s} FLOPs -{acc.flops_reduction:6.1%}  overall {acc.overall:6.1%} '
+            + (
+                f'{row["overall_ci95"]}  vs {row["vs_random_points"]["reference"]} '
+                f'{row["vs_random_points"]["value"]:+.1f} {row["vs_random_points"]["ci95"]}  '
+                if row['vs_random_points']
+                else f'{row["overall_ci95"]}  '
+            )
             + '  '.join(f'{f[:5]} {acc.family(f):5.1%}' for f in questions.FAMILIES),
             flush=True,
         )
     return records, dense, rows
 
 
+PLOT_KINDS = (  # (label prefix, colour, marker, legend), first match wins
+    ('dense', 'k', 'o', 'dense'),
+    ('random_pre_merge', 'C3', 'P', 'random + merge (before the LM)'),
+    ('random_pre', 'C3', 'x', 'random (before the LM)'),
+    ('random', 'salmon', 'x', 'random (in the LM, from layer 1)'),
+    ('voxel', 'C5', 's', 'coarser voxels (0.3-0.8 m)'),
+    ('kcentre_query_merge', 'C9', 'D', 'query-seeded k-centre + merge'),
+    ('kcentre_query', 'C9', 'd', 'query-seeded k-centre'),
+    ('kcentre_merge', 'C2', 'D', 'k-centre + merge'),
+    ('kcentre', 'C2', 'd', 'k-centre'),
+    ('query_merge', 'C4', '*', 'layer-0 query score + merge'),
+    ('query', 'C4', 'v', 'layer-0 query score'),
+    ('hybrid', 'C1', 'h', 'k-centre + merge, then a layer-1 cut'),
+    ('', '0.6', '.', 'in-LM cuts from layer 1 (schedule, mass, FastV)'),
+)
+
+
 def plot(results: dict, path: pathlib.Path) -> None:
+    """Accuracy vs prefill FLOPs reduction per split, 95% bootstrap intervals as bars."""
     import matplotlib
 
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
-    rows = results['policies']
-    kinds = {
-        'dense': ('k', 'o'),
-        'adatoken': ('C0', 's'),
-        'calibrated': ('C0', '*'),
-        'mass': ('C2', 'D'),
-        'fastv': ('C1', '^'),
-        'random': ('C3', 'x'),
-    }
-    panels = ['overall', *questions.FAMILIES]
-    fig, axes = plt.subplots(2, 4, figsize=(15, 7), sharex=True, sharey=True)
-    for ax, panel in zip(axes.flat, panels):
+    panels = [('test', results['policies'], results['questions'])]
+    panels += [(name, split['policies'], split['questions']) for name, split in results['splits'].items()]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5.5), sharey=True, squeeze=False)
+    for ax, (name, rows, n) in zip(axes[0], panels):
         for label, row in rows.items():
-            kind = next(k for k in kinds if label.startswith(k))
-            colour, marker = kinds[kind]
-            if label.endswith(QUESTION):
-                colour = 'C4'
-            acc = row['overall'] if panel == 'overall' else row['families'][panel]['accuracy']
-            ax.scatter(100 * row['flops_reduction'], 100 * acc, c=colour, marker=marker, s=40)
-        ax.axvline(63, color='0.7', ls=':', lw=1)
-        ax.set_title(panel)
-        ax.grid(alpha=0.3)
-    axes.flat[-1].axis('off')
-    names = {
-        'dense': 'dense',
-        'adatoken': 'fixed schedule (L/4, L/2, 3L/4)',
-        'calibrated': 'calibrated (gating: auto)',
-        'mass': 'adaptive mass gate, p = 0.3-0.9',
-        'fastv': 'FastV',
-        'random': 'random pruning',
-    }
-    for kind, (colour, marker) in kinds.items():
-        axes.flat[-1].scatter([], [], c=colour, marker=marker, s=40, label=names[kind])
-    axes.flat[-1].scatter([], [], c='C4', marker='D', s=40, label='the same, scored by the question (~question)')
-    axes.flat[-1].legend(loc='center', title='policy (dotted line: 63% reduction)')
-    for ax in axes[-1]:
+            _, colour, marker, _ = next(kind for kind in PLOT_KINDS if label.startswith(kind[0]))
+            x, y = 100 * row['flops_reduction'], 100 * row['overall']
+            low, high = (100 * v for v in row['overall_ci95'])
+            ax.errorbar(x, y, yerr=[[y - low], [high - y]], color=colour, marker=marker, ms=6, lw=0.8, capsize=2)
+        ax.axhline(100 * 0.97 * rows['dense']['overall'], color='k', ls=':', lw=1)
+        ax.axvline(85, color='0.7', ls=':', lw=1)
+        ax.set_xlim(-2, 100)
+        ax.set_title(f'{name} ({n} questions)')
         ax.set_xlabel('prefill FLOPs reduction vs dense (%)')
-    for ax in axes[:, 0]:
-        ax.set_ylabel('exact-match accuracy (%)')
-    fig.suptitle(
-        f'{results["model"]["name"]}: held-out accuracy vs prefill FLOPs reduction '
-        f'({results["questions"]} questions, {results["scenes"]} scenes)'
-    )
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel('exact-match accuracy (%), 95% bootstrap interval')
+    for _, colour, marker, legend in PLOT_KINDS:
+        axes[0][0].errorbar([], [], color=colour, marker=marker, ls='', label=legend)
+    axes[0][0].legend(loc='lower left', fontsize=7, title='dotted: 97% of dense, 85% reduction', title_fontsize=7)
+    fig.suptitle(f'{results["model"]["name"]}: held-out accuracy vs prefill FLOPs reduction')
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -179,6 +249,8 @@ def main(argv=None) -> int:
             if (name.endswith('scenes') or name == 'policies') and value != parser.get_default(name)
         ),
         'model': {'name': pathlib.Path(model_path).name, 'path': str(model_path), 'layers': answerer.num_layers},
+        # what gating: auto and the budget controller can pick for this checkpoint (its calibrated profile)
+        'calibrated_frontier': frontier_gatings(load_profile(model_path)),
         'scenes': len(records),
         'test_seeds': [records[0].seed, records[-1].seed],
         'questions': sum(dense.asked.values()),

@@ -41,6 +41,9 @@ class Accuracy:
     flops_dense: float = 0.0
     kept_share: List[float] = field(default_factory=list)
     wrong: List[tuple] = field(default_factory=list)  # (scene seed, question, truth, answer), first few
+    outcomes: List[bool] = field(default_factory=list)  # every answer, in the order asked (paired comparisons)
+    scenes: List[int] = field(default_factory=list)  # the scene seed of each
+    selection_flops: float = 0.0  # before the language model (in flops too)
 
     def add(self, qa: questions.QA, answer, seed: int) -> None:
         ok = is_correct(answer.text, qa.answer)
@@ -51,6 +54,9 @@ class Accuracy:
         self.flops += answer.prefill_flops
         self.flops_dense += answer.prefill_flops_dense
         self.kept_share.append(answer.spatial_tokens_kept / max(answer.spatial_tokens, 1))
+        self.outcomes.append(ok)
+        self.scenes.append(seed)
+        self.selection_flops += answer.selection_flops
         if not ok and len(self.wrong) < 20:
             self.wrong.append((seed, qa.question, qa.answer, answer.text))
 
@@ -71,6 +77,7 @@ class Accuracy:
             'questions': sum(self.asked.values()),
             'flops_reduction': round(self.flops_reduction, 4),
             'mean_spatial_kept_share': round(float(np.mean(self.kept_share)), 4) if self.kept_share else 1.0,
+            'selection_flops_share': round(self.selection_flops / self.flops_dense, 5) if self.flops_dense else 0.0,
             'families': {
                 f: {'accuracy': round(self.family(f), 4), 'questions': self.asked[f]} for f in questions.FAMILIES
             },
