@@ -63,7 +63,7 @@ def tokens_per_layer(num_layers: int, text: int, spatial: int, keep_ratio: float
 def planned_tokens_per_layer(policy: GatingPolicy, num_layers: int, text: int, spatial: int) -> List[int] | None:
     """Tokens entering each layer under a policy whose counts do not depend on the scores (any but mass
     and voxel, whose counts depend on the scene): a selection first, then the in-LM cuts."""
-    if policy.kind == 'mass' or (policy.pre is not None and policy.pre.method == 'voxel'):
+    if not policy.has_fixed_counts:
         return None
     entering = selection_count(policy.pre.amount, spatial) if policy.pre is not None else spatial
     counts, n = [], entering
@@ -211,7 +211,7 @@ class BudgetController:
         self.raters = raters
         L = cost.shape.num_layers
         policies = [parse_gating(text, L) for text in frontier]
-        self.frontier = [p for p in policies if planned_tokens_per_layer(p, L, 1, 100) is not None]
+        self.frontier = [p for p in policies if p.has_fixed_counts]
 
     def _predict_counts(self, counts: Sequence[int], new_tokens: int, selection: Optional[str]) -> Tuple[float, float]:
         model_ms = self.cost.prefill_ms(counts) + self.cost.decode_ms(new_tokens, float(np.mean(counts)))

@@ -121,8 +121,7 @@ class GatingPolicy:
             raise ValueError(f"{self.kind} takes no keep ratios")
         if self.raters not in RATERS:
             raise ValueError(f"unknown raters {self.raters!r}; expected one of {', '.join(RATERS)}")
-        scored_pre = self.pre is not None and self.pre.method in ("query", "kcentre")
-        if self.raters != "last" and self.kind in ("none", "random") and not scored_pre:
+        if self.raters != "last" and not self.scores_tokens:
             name = self.kind if self.pre is None else str(dataclasses.replace(self, raters="last"))
             raise ValueError(f"{name} does not score tokens, so it takes no ~{self.raters}")
         if self.kind == "mass":
@@ -139,6 +138,27 @@ class GatingPolicy:
                     f"pruning layer {layer} is out of range: must be in 1..{num_layers - 1} "
                     f"for a {num_layers}-layer model"
                 )
+
+    @property
+    def cuts_score(self) -> bool:
+        """Whether the in-LM cuts rank tokens by attention (and so read the raters)."""
+        return self.kind in ("schedule", "fastv", "mass")
+
+    @property
+    def selection_scores(self) -> bool:
+        """Whether the selection before the LM needs layer 0's scores: a query one, or kcentre~question."""
+        pre = self.pre
+        return pre is not None and (pre.method == "query" or (pre.method == "kcentre" and self.raters == "question"))
+
+    @property
+    def scores_tokens(self) -> bool:
+        """Whether anything in the policy can be scored by attention, so that ~question applies to it."""
+        return self.cuts_score or (self.pre is not None and self.pre.method in ("query", "kcentre"))
+
+    @property
+    def has_fixed_counts(self) -> bool:
+        """Whether its token counts follow from the policy alone (not mass's scores, not voxel's scene)."""
+        return self.kind != "mass" and (self.pre is None or self.pre.method != "voxel")
 
     def score_rows(self, spatial_mask) -> int:
         """How many of the last prompt tokens score the spatial tokens: 1 for the last token, or every
@@ -263,10 +283,7 @@ def _parse_cuts(text: str, num_layers: int) -> GatingPolicy:
 
 def scores_tokens(text: str) -> bool:
     """Whether a policy text (layers unchecked) scores tokens by attention, so that ~question applies to it."""
-    policy = _parse(text.strip(), 1 << 16)
-    return policy.kind in ("schedule", "fastv", "mass") or (
-        policy.pre is not None and policy.pre.method in ("query", "kcentre")
-    )
+    return _parse(text.strip(), 1 << 16).scores_tokens
 
 
 def _int(s: str) -> int:

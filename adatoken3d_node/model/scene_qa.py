@@ -102,8 +102,8 @@ class SceneAnswerer:
         if pre is None or scene.num_tokens == 0:
             return model.build_inputs(question, self.spatial_embeddings(scene), self.tokenizer), 0.0, 0.0
         clip = self.clip_features(scene)  # (V, P, C)
-        start = now(self.device)
         if pre.method == 'voxel':
+            start = now(self.device)
             pooled = coarse_voxel_features(model, clip, scene, pre.amount)  # (M', C)
             selection_ms = (now(self.device) - start) * 1e3
             inputs = model.build_inputs(question, model.mm_projector(pooled.to(self.dtype)), self.tokenizer)
@@ -111,7 +111,7 @@ class SceneAnswerer:
         pooled = model.spatial_features(clip, scene).to(self.dtype)  # (M, C)
         start = now(self.device)
         scores, flops = None, 0.0
-        if pre.method == 'query' or (pre.method == 'kcentre' and policy.raters == 'question'):
+        if policy.selection_scores:
             full = model.build_inputs(question, model.mm_projector(pooled), self.tokenizer)
             rows = policy.score_rows(full.spatial_mask)
             scores = self.gated.input_scores(full.inputs_embeds, rows)[full.spatial_mask]  # (M,)
@@ -149,8 +149,7 @@ class SceneAnswerer:
             dense_tokens = inputs.num_tokens - inputs.num_spatial + spatial_tokens
             in_lm = policy
             if policy.pre is not None:  # the cuts after the selection; their raters only where they score
-                scored = policy.kind in ('schedule', 'fastv', 'mass')
-                in_lm = dataclasses.replace(policy, pre=None, raters=policy.raters if scored else 'last')
+                in_lm = dataclasses.replace(policy, pre=None, raters=policy.raters if policy.cuts_score else 'last')
             if inputs.num_tokens + max_new_tokens > self.context:
                 raise ValueError(
                     f'the prompt ({inputs.num_tokens} tokens, {inputs.num_spatial} of them spatial) '

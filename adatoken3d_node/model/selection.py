@@ -20,8 +20,9 @@ similarity breaks ties within 1 cm) and each kept token becomes the mean of its 
 the pooled features before the projector, as voxel pooling does, so a merged token is what the model
 was trained to read: the mean of the patch features of a region, only a larger one.
 
-FLOPs (flops.selection_flops): matmuls only, as flops.py counts the prefill; the distance updates
-are (M, dims) @ (dims, 1) products so torch's flop counter sees exactly what is counted.
+FLOPs (flops.kcentre_flops, flops.merge_flops; the layer-0 score: flops.input_scoring_flops): matmuls
+only, as flops.py counts the prefill; the distance updates are (M, dims) @ (dims, 1) products so
+torch's flop counter sees exactly what is counted.
 """
 
 from dataclasses import dataclass
@@ -37,9 +38,9 @@ TIE_M2 = 1e-4  # squared 3D distances within 1 cm^2 are a tie for merging: featu
 @dataclass
 class Selected:
     features: torch.Tensor  # (k, C) pooled spatial features entering the projector
-    kept: torch.Tensor | None  # (k,) int64 indices of the kept tokens among the M input ones, sorted; None for voxel
+    kept: torch.Tensor  # (k,) int64 indices of the kept tokens among the M input ones, sorted
     owner: torch.Tensor | None  # (M,) int64 position in `kept` each input token was merged into; None without merge
-    flops: float  # matmul FLOPs of the selection (flops.selection_flops)
+    flops: float  # matmul FLOPs of the selection (kcentre_flops + merge_flops)
 
 
 def kcentre(
@@ -110,7 +111,7 @@ def select(
     pre: Selection, features: torch.Tensor, centres: torch.Tensor, scores: torch.Tensor | None = None, seed: int = 0
 ) -> Selected:
     """Run a selection (not voxel: coarse_voxel_features) on M pooled tokens. features (M, C), centres (M, 3),
-    scores (M,) for query (GatedLlama.input_scores of the spatial tokens)."""
+    scores (M,) where policy.selection_scores (GatedLlama.input_scores of the spatial tokens)."""
     from .flops import kcentre_flops, merge_flops
 
     m, device = features.shape[0], features.device

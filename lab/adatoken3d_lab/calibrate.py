@@ -92,6 +92,14 @@ class LayerStats:
     mass_curve: List[np.ndarray]  # per prompt: cumulative share of spatial mass of the top-k, k = 1..N
 
 
+def with_questions(scenes, questions: Sequence[str]):
+    """scenes: SceneGeometry, or (SceneGeometry, its own questions) pairs -> (scene, its questions) pairs,
+    `questions` for a scene that has none of its own."""
+    for scene in scenes:
+        scene, own = scene if isinstance(scene, tuple) else (scene, None)
+        yield scene, own or questions
+
+
 def mine(model, tokenizer, scenes, questions: Sequence[str]):
     """Dense prefill of every (scene, question), scored at layers 1..L-1 (nothing is pruned).
     scenes: SceneGeometry, or (SceneGeometry, its own questions) pairs that replace `questions`.
@@ -107,10 +115,9 @@ def mine(model, tokenizer, scenes, questions: Sequence[str]):
     stats = {layer: LayerStats([], [], []) for layer in range(1, num_layers)}
     token_counts = []
     with torch.inference_mode():
-        for scene in scenes:
-            scene, own = scene if isinstance(scene, tuple) else (scene, None)
+        for scene, scene_questions in with_questions(scenes, questions):
             spatial = model.spatial_embeddings(scene)
-            for question in own or questions:
+            for question in scene_questions:
                 inputs = model.build_inputs(question, spatial, tokenizer)
                 result = gated.prefill(inputs.inputs_embeds, inputs.spatial_mask, probe)
                 mask = inputs.spatial_mask.cpu()
@@ -284,11 +291,7 @@ def measure_frontier(model, tokenizer, model_path, scenes, questions, schedule: 
     from adatoken3d_node.model.scene_qa import SceneAnswerer
 
     answerer = SceneAnswerer(model, tokenizer, model_path)
-    prompts = [
-        (scene, q)
-        for scene, own in (s if isinstance(s, tuple) else (s, None) for s in scenes)
-        for q in own or questions
-    ]
+    prompts = [(scene, q) for scene, scene_questions in with_questions(scenes, questions) for q in scene_questions]
     start = time.monotonic()
     points = measure_agreement(answerer, prompts, frontier_candidates(schedule))
     frontier = pareto_frontier(points)
