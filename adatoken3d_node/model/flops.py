@@ -119,10 +119,16 @@ def dense_prefill_flops(shape: LlamaShape, n_tokens: int) -> float:
 # ---- selection before the language model (selection.py) --------------------------------------
 
 
-def kcentre_flops(m: int, k: int, dims: int) -> float:
+def kcentre_flops(m: int, k: int, dims: int, seeded: bool = False) -> float:
     """Greedy k-centre of k picks among m points of `dims` dimensions: one (m, dims) @ (dims, 1) product
-    for the start (distance to the mean) and one per pick after the first."""
-    return float(2 * m * dims * min(k, m)) if m else 0.0
+    for the start (distance to the mean; none when seeded) and one per pick but the last (a seed's
+    column comes in one (m, dims) @ (dims, s) product)."""
+    return float(2 * m * dims * (min(k, m) - seeded)) if m and k else 0.0
+
+
+def near_flops(m: int, locations: int) -> float:
+    """Squared 3D distances of m tokens to the question's locations: one (m, 3) @ (3, K) product."""
+    return float(2 * m * 3 * locations)
 
 
 def merge_flops(m: int, k: int, feature_dim: int) -> float:

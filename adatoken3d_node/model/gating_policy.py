@@ -24,6 +24,9 @@ Selections before the language model (selection.py runs them; a cut "at the inpu
                                       (LLaVA-3D's pooling, coarser: the honest baseline)
     <selection>[merge]                every dropped token is averaged into its nearest kept one (3D
                                       distance, feature similarity breaking ties): random, fastv, kcentre
+    <selection>[near=0.5]             the tokens within 0.5 m of a point the question names ("[x, y, z]",
+                                      a location prompt) are kept first, nearest first; the selection
+                                      picks the rest: random, fastv, kcentre
     <selection>+<in-LM policy>        a selection, then in-LM cuts (schedule, random, fastv, mass) whose
                                       ratios are of the spatial tokens entering the language model
 
@@ -42,7 +45,8 @@ RATERS = ("last", "question")  # whose attention scores the spatial tokens: the 
 SYNTAX = (
     "none | schedule:L:r,L:r,... | random:L:r,L:r,... | fastv:K:r | mass:p[@L,L,...][[min=a,max=b]], "
     "a scored one (schedule, fastv, mass) optionally followed by ~question; before them, a selection "
-    "random:0:r | fastv:0:r | kcentre:r[feature=w] | voxel:SIZE, optionally [merge], then + and an in-LM policy"
+    "random:0:r | fastv:0:r | kcentre:r[feature=w] | voxel:SIZE, optionally [merge] and [near=R], "
+    "then + and an in-LM policy"
 )
 
 
@@ -54,6 +58,7 @@ class Selection:
     amount: float  # keep ratio of the spatial tokens; voxel: voxel size in metres
     merge: bool = False  # dropped tokens are averaged into their nearest kept one
     feature_weight: float = KCENTRE_FEATURE_WEIGHT  # kcentre only
+    near: float = 0.0  # metres: tokens this close to a location in the question are kept first (0: off)
 
     def __post_init__(self):
         if self.method not in SELECTIONS:
@@ -67,6 +72,8 @@ class Selection:
             raise ValueError(f"keep ratio {self.amount} must be in (0, 1]")
         if self.feature_weight < 0.0 or (self.method != "kcentre" and self.feature_weight != KCENTRE_FEATURE_WEIGHT):
             raise ValueError("feature=w is a kcentre option, w >= 0")
+        if not 0.0 <= self.near <= 10.0 or (self.method == "voxel" and self.near):
+            raise ValueError("near=R (metres, in (0, 10]) is an option of random, fastv:0 and kcentre")
 
     def __str__(self) -> str:
         text = {
@@ -75,8 +82,10 @@ class Selection:
             "kcentre": f"kcentre:{self.amount!r}",
             "voxel": f"voxel:{self.amount!r}",
         }[self.method]
-        options = (["merge"] if self.merge else []) + (
-            [f"feature={self.feature_weight!r}"] if self.feature_weight != KCENTRE_FEATURE_WEIGHT else []
+        options = (
+            (["merge"] if self.merge else [])
+            + ([f"feature={self.feature_weight!r}"] if self.feature_weight != KCENTRE_FEATURE_WEIGHT else [])
+            + ([f"near={self.near!r}"] if self.near else [])
         )
         return text + (f"[{','.join(options)}]" if options else "")
 
@@ -234,16 +243,20 @@ def _parse_selection(text: str) -> Selection | None:
         if options is not None and kind != "mass":
             raise ValueError(f"{kind} takes no [options]")
         return None
-    merge, feature = False, KCENTRE_FEATURE_WEIGHT
+    merge, feature, near = False, KCENTRE_FEATURE_WEIGHT, None
     for item in options.split(",") if options else []:
         key, eq, value = (part.strip() for part in item.partition("="))
         if key == "merge" and not eq and not merge:
             merge = True
         elif key == "feature" and eq and feature == KCENTRE_FEATURE_WEIGHT:
             feature = _float(value)
+        elif key == "near" and eq and near is None:
+            near = _float(value)
+            if near <= 0.0:
+                raise ValueError(f"near={value} must be a distance in metres > 0")
         else:
-            raise ValueError(f"bad option {item!r}; expected [merge] and, for kcentre, [feature=w]")
-    return Selection(method, amount, merge, feature)
+            raise ValueError(f"bad option {item!r}; expected [merge], [near=R] and, for kcentre, [feature=w]")
+    return Selection(method, amount, merge, feature, near or 0.0)
 
 
 def _parse_cuts(text: str, num_layers: int) -> GatingPolicy:

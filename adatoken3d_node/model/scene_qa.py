@@ -18,6 +18,7 @@ from .gating import GatedLlama
 from .flops import input_scoring_flops, prefill_flops
 from .gating_policy import GatingPolicy, parse_gating
 from .loader import load_llava3d
+from .llava3d import parse_locations
 from .selection import coarse_voxel_features, select
 
 
@@ -116,7 +117,10 @@ class SceneAnswerer:
             rows = policy.score_rows(full.spatial_mask)
             scores = self.gated.input_scores(full.inputs_embeds, rows)[full.spatial_mask]  # (M,)
             flops += input_scoring_flops(self.gated.shape, rows, full.num_tokens)
-        selected = select(pre, pooled, scene.tokens.centres, scores)
+        locations = None
+        if pre.near:  # the points the question names, in the scene's fixed frame as its token centres
+            locations = torch.tensor(parse_locations(question)[1], dtype=torch.float32).reshape(-1, 3)
+        selected = select(pre, pooled, scene.tokens.centres, scores, locations=locations)
         selection_ms = (now(self.device) - start) * 1e3
         inputs = model.build_inputs(question, model.mm_projector(selected.features), self.tokenizer)
         return inputs, flops + selected.flops, selection_ms

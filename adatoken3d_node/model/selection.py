@@ -15,12 +15,17 @@ spatial tokens, so by layer 1 it has already read all of them. The selections (g
     voxel    LLaVA-3D's own pooling at a coarser voxel size (0.3, 0.4, 0.6 m): the baseline every
              selection has to beat at the same token count
 
+near=R (any but voxel): the tokens within R metres of a point the question names ("[x, y, z]", LLaVA-3D's
+location prompt) are kept first, nearest first, and the selection fills the rest of the count. A question
+about a place needs the tokens at that place, and a location token is one embedding whose layer-0 score
+does not say which voxels surround the point; the geometry does.
+
 merge (any but voxel): every dropped token joins its nearest kept token (3D distance; feature cosine
 similarity breaks ties within 1 cm) and each kept token becomes the mean of its members. It works on
 the pooled features before the projector, as voxel pooling does, so a merged token is what the model
 was trained to read: the mean of the patch features of a region, only a larger one.
 
-FLOPs (flops.kcentre_flops, flops.merge_flops; the layer-0 score: flops.input_scoring_flops): matmuls
+FLOPs (flops.kcentre_flops, flops.near_flops, flops.merge_flops; the layer-0 score: flops.input_scoring_flops): matmuls
 only, as flops.py counts the prefill; the distance updates are (M, dims) @ (dims, 1) products so
 torch's flop counter sees exactly what is counted.
 """
@@ -107,29 +112,61 @@ def coarse_voxel_features(model, clip_features: torch.Tensor, scene, voxel_size:
     return voxel_mean(patches, tokens.patch_to_voxel.to(patches.device), tokens.centres.shape[0])
 
 
+def near_locations(centres: torch.Tensor, locations: torch.Tensor, radius: float, k: int) -> torch.Tensor:
+    """The (at most k) tokens within `radius` metres of any of the locations, nearest first.
+    centres (M, 3), locations (K, 3) -> (n,) int64, n <= k."""
+    c, points = centres.float(), locations.to(centres.device).float()
+    d2 = c.square().sum(1, keepdim=True) + points.square().sum(1)[None] - 2 * (c @ points.t())  # (M, K)
+    nearest = d2.min(1).values  # (M,) squared distance to the closest location
+    inside = (nearest <= radius * radius).nonzero()[:, 0]
+    order = torch.sort(nearest[inside], stable=True).indices  # ties: the lower index
+    return inside[order][:k]
+
+
 def select(
-    pre: Selection, features: torch.Tensor, centres: torch.Tensor, scores: torch.Tensor | None = None, seed: int = 0
+    pre: Selection,
+    features: torch.Tensor,
+    centres: torch.Tensor,
+    scores: torch.Tensor | None = None,
+    seed: int = 0,
+    locations: torch.Tensor | None = None,
 ) -> Selected:
     """Run a selection (not voxel: coarse_voxel_features) on M pooled tokens. features (M, C), centres (M, 3),
-    scores (M,) where policy.selection_scores (GatedLlama.input_scores of the spatial tokens)."""
-    from .flops import kcentre_flops, merge_flops
+    scores (M,) where policy.selection_scores (GatedLlama.input_scores of the spatial tokens), locations
+    (K, 3) the points the question names (Llava3DInputs.locations; used with near=R)."""
+    from .flops import kcentre_flops, merge_flops, near_flops
 
     m, device = features.shape[0], features.device
     centres = centres.to(device)
     k = selection_count(pre.amount, m)
     flops = 0.0
+    forced = torch.zeros(0, dtype=torch.long, device=device)  # kept first: near a location in the question
+    if pre.near and locations is not None and locations.numel():
+        forced = near_locations(centres, locations.reshape(-1, 3), pre.near, k)
+        flops += near_flops(m, locations.numel() // 3)
+    chosen = torch.zeros(m, dtype=torch.bool, device=device)
+    chosen[forced] = True
     if pre.method == 'random':
         generator = torch.Generator().manual_seed(seed)
-        kept = torch.randperm(m, generator=generator)[:k].sort().values.to(device)
+        order = torch.randperm(m, generator=generator).to(device)
+        kept = torch.cat([forced, order[~chosen[order]][: k - forced.numel()]]).sort().values
     elif pre.method == 'query':
         if scores is None or scores.shape != (m,):
             raise ValueError(f"query selection needs the {m} spatial tokens' scores")
-        kept = scores.float().to(device).topk(k).indices.sort().values
+        ranked = scores.float().to(device).masked_fill(chosen, float('inf'))  # the forced ones rank first
+        kept = ranked.topk(k).indices.sort().values
     elif pre.method == 'kcentre':
-        # with scores (kcentre~question): the top half by score seed the cover, coverage picks the rest
-        seeds = None if scores is None else scores.float().to(device).topk(k // 2).indices
-        kept = kcentre(centres, features, k, pre.feature_weight, seeds)
-        flops += kcentre_flops(m, k, 3 + features.shape[1])
+        # with scores (kcentre~question): the top half by score seed the cover, coverage picks the rest;
+        # the forced tokens seed it before them
+        seeds = forced
+        if scores is not None:
+            top = scores.float().to(device).masked_fill(chosen, float('-inf')).topk(k // 2).indices
+            seeds = torch.cat([forced, top[~chosen[top]]])[: max(k // 2, forced.numel())]
+        if seeds.numel() >= k:
+            kept = seeds[:k].sort().values
+        else:
+            kept = kcentre(centres, features, k, pre.feature_weight, seeds if seeds.numel() else None)
+            flops += kcentre_flops(m, k, 3 + features.shape[1], seeded=bool(seeds.numel()))
     else:
         raise ValueError(f'{pre.method} is not a token selection')
     if not pre.merge:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from adatoken3d_node.model.flops import LlamaShape, prefill_flops, scoring_flops
+from adatoken3d_node.model.flops import LlamaShape, near_flops, prefill_flops, scoring_flops
 from adatoken3d_node.model.scene_qa import SceneAnswer, SceneAnswerer
 from adatoken3d_lab.random_checkpoint import create_random_llava3d
 from adatoken3d_node.perception.frontend import FrontEndConfig, SceneFrontEnd
@@ -166,6 +166,26 @@ def test_query_selection_keeps_the_top_scored_tokens_of_layer_0(answerer, scene,
         by_hand = answerer.model.build_inputs(QUESTION, spatial, answerer.tokenizer)
     reference = greedy_without_cache(answerer.model, by_hand.inputs_embeds, 4)
     assert answerer.answer(QUESTION, scene, answerer.policy("fastv:0:0.2~question"), 4).token_ids == reference
+
+
+def test_near_keeps_the_tokens_around_the_point_the_question_names(answerer, scene):
+    """random:0:r[near=R]: the tokens within R of the question's [x, y, z] enter the model, the seeded random
+    pick fills the rest, and the answer is the one the prompt built from those tokens by hand gives."""
+    centres = scene.tokens.centres.float()
+    x, y, z = (round(float(v), 2) for v in centres[0])
+    question = f"What is at [{x}, {y}, {z}]?"
+    near = (centres - torch.tensor([x, y, z])).norm(dim=1) <= 0.3
+    k = math.ceil(0.2 * scene.num_tokens)
+    assert 0 < int(near.sum()) < k
+    order = torch.randperm(scene.num_tokens, generator=torch.Generator().manual_seed(0))
+    kept = torch.cat([near.nonzero()[:, 0], order[~near[order]][: k - int(near.sum())]]).sort().values
+    with torch.inference_mode():
+        spatial = answerer.model.spatial_embeddings(scene)[kept]
+        by_hand = answerer.model.build_inputs(question, spatial, answerer.tokenizer)
+    reference = greedy_without_cache(answerer.model, by_hand.inputs_embeds, 4)
+    result = answerer.answer(question, scene, answerer.policy("random:0:0.2[near=0.3]"), 4)
+    assert result.token_ids == reference and result.spatial_tokens_kept == k
+    assert result.selection_flops == near_flops(scene.num_tokens, 1)
 
 
 def test_hybrid_cuts_count_from_the_tokens_entering_the_model(answerer, scene, inputs):

@@ -109,3 +109,61 @@ def test_layer0_scores_are_the_pruning_score_of_layer_0_and_their_flops_are_coun
     h = layer.input_layernorm(x)
     reference = gated._score(layer.self_attn, h, layer.self_attn.k_proj(h), torch.arange(x.shape[1]), 8)
     assert torch.equal(scores, reference)
+
+
+@pytest.mark.parametrize("method", ["random", "query", "kcentre"])
+@pytest.mark.parametrize("merge", [False, True])
+def test_near_keeps_the_tokens_around_the_questions_point_first(method, merge):
+    centres, features = cloud(m=150, c=12, seed=6)
+    scores = torch.rand(150, generator=torch.Generator().manual_seed(7))
+    given = scores if method in ("query", "kcentre") else None
+    point = centres[42:43] + 0.05  # a location prompt next to token 42
+    within = (torch.cdist(centres, point)[:, 0] <= 0.8).nonzero()[:, 0]
+    assert 1 < within.numel() < 15  # a few tokens near the point, fewer than the 15 kept
+    pre = Selection(method, 0.1, merge, near=0.8)
+    with FlopCounterMode(display=False) as counter:
+        out = select(pre, features, centres, given, locations=point)
+    assert out.flops == counter.get_total_flops()
+    assert out.kept.numel() == 15 and out.kept.unique().numel() == 15
+    assert set(within.tolist()) <= set(out.kept.tolist())
+    assert torch.equal(out.kept, select(pre, features, centres, given, locations=point).kept)  # deterministic
+    # without a location in the question near changes nothing
+    plain = Selection(method, 0.1, merge)
+    assert torch.equal(select(pre, features, centres, given).kept, select(plain, features, centres, given).kept)
+    if method == "query":  # the rest are the best scored of the others
+        rest = scores.masked_fill(torch.isin(torch.arange(150), within), -1.0).topk(15 - within.numel()).indices
+        assert torch.equal(out.kept, torch.cat([within, rest]).sort().values)
+
+
+def test_near_keeps_the_nearest_when_more_than_the_count_are_close():
+    centres, features = cloud(m=150, c=12, seed=8)
+    point = torch.tensor([[2.0, 2.0, 2.0]])
+    out = select(Selection("random", 0.02, near=3.0), features, centres, locations=point)  # 3 tokens
+    nearest = torch.cdist(centres, point)[:, 0].topk(3, largest=False).indices
+    assert torch.equal(out.kept, nearest.sort().values)
+
+
+def test_seeded_kcentre_flops_match_the_counter():
+    centres, features = cloud(m=150, c=12, seed=9)
+    seeds = torch.tensor([3, 77, 120])
+    with FlopCounterMode(display=False) as counter:
+        kcentre(centres, features, 15, 1.0, seeds)
+    assert counter.get_total_flops() == kcentre_flops(150, 15, 15, seeded=True)
+
+
+@pytest.mark.parametrize(
+    "text", ["fastv:0:0.08[near=0.5]~question", "random:0:0.1[merge,near=0.4]", "kcentre:0.1[feature=2.0,near=0.5]"]
+)
+def test_near_round_trips_through_the_grammar(text):
+    from adatoken3d_node.model.gating_policy import parse_gating
+
+    policy = parse_gating(text, 6)
+    assert policy.pre.near > 0 and str(policy) == text and parse_gating(str(policy), 6) == policy
+
+
+@pytest.mark.parametrize("text", ["voxel:0.4[near=0.5]", "fastv:0:0.1[near=0]", "kcentre:0.1[near=0.5,near=0.6]"])
+def test_near_is_refused_where_it_means_nothing(text):
+    from adatoken3d_node.model.gating_policy import parse_gating
+
+    with pytest.raises(ValueError, match="near"):
+        parse_gating(text, 6)
