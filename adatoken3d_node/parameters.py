@@ -68,7 +68,8 @@ PARAMETERS = (
         'mass, fastv) followed by ~question is scored by the attention of the question\'s tokens, not '
         'only the last token\'s. Before the language model: kcentre:r (a 3D + feature cover) | fastv:0:r '
         '(layer-0 scores) | random:0:r | voxel:SIZE (coarser voxels), [merge] to average each dropped '
-        'token into its nearest kept one, + and an in-LM policy after it',
+        'token into its nearest kept one, [near=R] to keep the tokens within R m of a point the question '
+        'names first, + and an in-LM policy after it',
     ),
     ParameterSpec(
         'latency_budget_ms',
@@ -80,7 +81,7 @@ PARAMETERS = (
     ),
     ParameterSpec(
         'budget_min_keep_ratio',
-        0.1,
+        0.05,
         'With a latency budget, never keep fewer than this share of the spatial tokens (protects '
         'answer quality); a budget not reachable even then is answered late and reported.',
         min_value=0.001,

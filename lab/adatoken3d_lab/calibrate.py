@@ -57,12 +57,13 @@ from adatoken3d_node.model.profiles import PROFILE_NAME, SHIPPED_PROFILES, check
 MASS = 0.95
 MAX_NEW_TOKENS = 8  # of the greedy answers compared with dense
 AUTO_AGREEMENT = 0.97
-FRONTIER_RATIOS = (0.5, 0.25, 0.1, 0.05)
+FRONTIER_RATIOS = (0.5, 0.25, 0.1, 0.08, 0.05)
 FRONTIER_SELECTIONS = (
     'kcentre:{r}',
     'kcentre:{r}[merge]',
     'fastv:0:{r}~question',
     'fastv:0:{r}[merge]~question',
+    'fastv:0:{r}[near=0.5]~question',  # the tokens within 0.5 m of a point the question names first
     'kcentre:{r}~question',
     'kcentre:{r}[merge]~question',
 )
