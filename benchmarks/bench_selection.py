@@ -34,6 +34,7 @@ POLICIES = (
     'kcentre:0.5[merge]',
     'fastv:0:0.1~question',
     'fastv:0:0.1[merge]~question',
+    'fastv:0:0.08[near=0.5]~question',
     'kcentre:0.1~question',
     'kcentre:0.1[merge]~question',
     'voxel:0.6',

@@ -62,6 +62,7 @@ ACCURACY_LABELS = (  # (key prefix, label), first match wins
     ('kcentre_merge', 'k-centre + merge'),
     ('kcentre', 'k-centre'),
     ('query_merge', 'layer-0 query score + merge'),
+    ('query_near', 'layer-0 query score, tokens near the question\'s point first'),
     ('query', 'layer-0 query score'),
     ('voxel', 'coarser voxels'),
     ('hybrid', 'selection, then a layer-1 cut'),
