@@ -111,16 +111,21 @@ class LayerCache:
         return self._v[:, :, : self.n]
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Add one token's k, v [1, Hkv, 1, hd]; return the whole cache [1, Hkv, n+1, hd]."""
-        if self.n == self._k.shape[2]:
-            grow = max(self.n, 16)
+        """Add m tokens' k, v [1, Hkv, m, hd]; return the whole cache [1, Hkv, n+m, hd]."""
+        m = k.shape[2]
+        if self.n + m > self._k.shape[2]:
+            grow = max(self.n, 16, m)
             self._k = torch.cat([self._k, self._k.new_empty(*self._k.shape[:2], grow, self._k.shape[3])], dim=2)
             self._v = torch.cat([self._v, self._v.new_empty(*self._v.shape[:2], grow, self._v.shape[3])], dim=2)
-        self._k[:, :, self.n : self.n + 1] = k
-        self._v[:, :, self.n : self.n + 1] = v
-        self.n += 1
-        self.next_position += 1
+        self._k[:, :, self.n : self.n + m] = k
+        self._v[:, :, self.n : self.n + m] = v
+        self.n += m
+        self.next_position += m
         return self.k, self.v
+
+    def copy(self, reserve: int = 0) -> "LayerCache":
+        """An independent copy (a cached prefix that several continuations extend)."""
+        return LayerCache(self.k, self.v, self.tokens, self.positions, self.next_position, reserve)
 
 
 # ---- the gated model ------------------------------------------------------------------------
@@ -339,6 +344,36 @@ class GatedLlama:
         return idx
 
     # ---- decoding ----------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def extend(self, inputs_embeds: torch.Tensor, caches: list[LayerCache]) -> torch.Tensor:
+        """Continue a prefill: m more prompt tokens [1, m, d] attend to every layer's cache and causally
+        to each other -> logits [1, V] of the last one; appends them to the caches.
+
+        What a cached scene prefix needs: a dense prefill of the prefix, then extend with the question's
+        tokens, equals the dense prefill of the whole prompt (to float rounding). Positions continue from
+        each layer's next_position, as decoding does. Fused attention; the mask is [m, n + m] booleans.
+        """
+        H, Hkv, hd = self.H, self.Hkv, self.hd
+        x = inputs_embeds.to(self.device, self.dtype)
+        m = x.shape[1]
+        step = torch.arange(m, device=self.device)
+        for layer, cache in zip(self.layers, caches):
+            attn = layer.self_attn
+            n = cache.n
+            cos, sin = self.rotary(x, (cache.next_position + step)[None])  # [1, m, hd]
+            h = layer.input_layernorm(x)
+            q = attn.q_proj(h).view(1, m, H, hd).transpose(1, 2)  # [1, H, m, hd]
+            k = attn.k_proj(h).view(1, m, Hkv, hd).transpose(1, 2)  # [1, Hkv, m, hd]
+            v = attn.v_proj(h).view(1, m, Hkv, hd).transpose(1, 2)
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            k, v = cache.append(k, v)  # [1, Hkv, n+m, hd]
+            # new token i sees the n cached ones and new tokens 0..i
+            mask = torch.arange(n + m, device=self.device)[None] <= (n + step)[:, None]  # [m, n+m]
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True, scale=attn.scaling)
+            x = x + attn.o_proj(a.transpose(1, 2).reshape(1, m, H * hd))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        return self.model.lm_head(self.model.model.norm(x[:, -1:]))[:, -1]  # [1, V]
 
     @torch.inference_mode()
     def decode_step(self, token: torch.Tensor, caches: list[LayerCache]) -> torch.Tensor:

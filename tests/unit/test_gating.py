@@ -89,6 +89,44 @@ def test_decode_without_pruning_equals_recomputation(gated):
     assert decode_ms > 0 and all(c.n == T + 11 and c.next_position == T + 11 for c in pre.caches)
 
 
+def test_extending_a_cached_prefix_equals_the_whole_prefill(gated):
+    """The scene prefix cache's core: a dense prefill of the prompt's first P tokens, copied, then extended
+    with the rest, gives the whole prompt's logits and caches; the copied prefix is left as it was."""
+    x, mask = prompt()
+    none = parse_gating("none", 4)
+    whole = gated.prefill(x, mask, none)
+    P = T_HEAD + N_SPATIAL  # everything before the question
+    prefix = gated.prefill(x[:, :P], torch.zeros(P, dtype=torch.bool), none)  # dense: nothing to prune
+    before = [(c.k.clone(), c.n, c.next_position) for c in prefix.caches]
+    for question in (x[:, P:], torch.randn(1, 5, 64, generator=torch.Generator().manual_seed(9))):
+        caches = [c.copy() for c in prefix.caches]
+        logits = gated.extend(question, caches)
+        reference = gated.prefill(torch.cat([x[:, :P], question], dim=1), mask[: P + question.shape[1]], none)
+        torch.testing.assert_close(logits, reference.logits, atol=ATOL, rtol=0)
+        for cache, ref in zip(caches, reference.caches):
+            torch.testing.assert_close(cache.k, ref.k, atol=ATOL, rtol=0)
+            torch.testing.assert_close(cache.v, ref.v, atol=ATOL, rtol=0)
+            assert cache.n == ref.n and cache.next_position == ref.next_position
+        # decoding goes on from the extended caches as from the whole prefill's
+        token = torch.tensor([[int(logits.argmax())]])
+        torch.testing.assert_close(
+            gated.decode_step(token, caches), gated.decode_step(token, reference.caches), atol=ATOL, rtol=0
+        )
+    torch.testing.assert_close(
+        gated.extend(x[:, P:], [c.copy() for c in prefix.caches]), whole.logits, atol=ATOL, rtol=0
+    )
+    for cache, (k, n, position) in zip(prefix.caches, before):
+        assert torch.equal(cache.k, k) and (cache.n, cache.next_position) == (n, position)
+
+
+def test_extending_by_one_token_is_a_decode_step(gated):
+    x, mask = prompt()
+    pre = gated.prefill(x, mask, parse_gating("none", 4))
+    one = gated.model.model.embed_tokens(torch.tensor([[5]]))
+    copied = [c.copy() for c in pre.caches]
+    torch.testing.assert_close(gated.extend(one, copied), gated.decode_step(one, pre.caches), atol=ATOL, rtol=0)
+
+
 @pytest.mark.parametrize("renumber", [False, True], ids=["kept-positions", "renumbered"])
 @pytest.mark.parametrize("policy", [SCHEDULE, "mass:0.6"])
 def test_decode_with_pruning_equals_recomputation(gated, policy, renumber):
