@@ -351,25 +351,27 @@ class GatedLlama:
         to each other -> logits [1, V] of the last one; appends them to the caches.
 
         What a cached scene prefix needs: a dense prefill of the prefix, then extend with the question's
-        tokens, equals the dense prefill of the whole prompt (to float rounding). Positions continue from
-        each layer's next_position, as decoding does. Fused attention; the mask is [m, n + m] booleans.
+        tokens, equals the dense prefill of the whole prompt (to float rounding). In layer l the new tokens'
+        rotary positions continue from caches[l].next_position, as decoding does (the module docstring).
+        Fused attention; for m > 1 the mask is [m, n + m] booleans, for one token none is needed.
         """
         H, Hkv, hd = self.H, self.Hkv, self.hd
         x = inputs_embeds.to(self.device, self.dtype)
         m = x.shape[1]
         step = torch.arange(m, device=self.device)
-        for layer, cache in zip(self.layers, caches):
+        pos = torch.cat([c.next_position + step for c in caches])[None]  # [1, L*m]
+        cos, sin = self.rotary(x, pos)  # [1, L*m, hd]: one rotary call for all layers
+        for i, (layer, cache) in enumerate(zip(self.layers, caches)):
             attn = layer.self_attn
             n = cache.n
-            cos, sin = self.rotary(x, (cache.next_position + step)[None])  # [1, m, hd]
             h = layer.input_layernorm(x)
             q = attn.q_proj(h).view(1, m, H, hd).transpose(1, 2)  # [1, H, m, hd]
             k = attn.k_proj(h).view(1, m, Hkv, hd).transpose(1, 2)  # [1, Hkv, m, hd]
             v = attn.v_proj(h).view(1, m, Hkv, hd).transpose(1, 2)
-            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            q, k = apply_rotary_pos_emb(q, k, cos[:, i * m : (i + 1) * m], sin[:, i * m : (i + 1) * m])
             k, v = cache.append(k, v)  # [1, Hkv, n+m, hd]
-            # new token i sees the n cached ones and new tokens 0..i
-            mask = torch.arange(n + m, device=self.device)[None] <= (n + step)[:, None]  # [m, n+m]
+            # new token j sees the n cached ones and new tokens 0..j; a single token sees everything
+            mask = None if m == 1 else torch.arange(n + m, device=self.device)[None] <= (n + step)[:, None]
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True, scale=attn.scaling)
             x = x + attn.o_proj(a.transpose(1, 2).reshape(1, m, H * hd))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
@@ -377,30 +379,11 @@ class GatedLlama:
 
     @torch.inference_mode()
     def decode_step(self, token: torch.Tensor, caches: list[LayerCache]) -> torch.Tensor:
-        """token ids [1, 1] (or embeddings [1, 1, d]) -> logits [1, V]; appends to every layer's cache.
-
-        In layer l the token's rotary position is caches[l].next_position (see the module docstring).
-        """
-        H, Hkv, hd = self.H, self.Hkv, self.hd
+        """token ids [1, 1] (or embeddings [1, 1, d]) -> logits [1, V]; appends to every layer's cache
+        (extend by one token)."""
         if token.dtype in (torch.long, torch.int):
-            x = self.model.model.embed_tokens(token.to(self.device))  # [1, 1, d]
-        else:
-            x = token.to(self.device, self.dtype)
-        pos = torch.tensor([[c.next_position for c in caches]], device=self.device)  # [1, L]
-        cos, sin = self.rotary(x, pos)  # [1, L, hd]: one rotary call for all layers
-        for i, (layer, cache) in enumerate(zip(self.layers, caches)):
-            attn = layer.self_attn
-            h = layer.input_layernorm(x)
-            q = attn.q_proj(h).view(1, 1, H, hd).transpose(1, 2)  # [1, H, 1, hd]
-            k = attn.k_proj(h).view(1, 1, Hkv, hd).transpose(1, 2)  # [1, Hkv, 1, hd]
-            v = attn.v_proj(h).view(1, 1, Hkv, hd).transpose(1, 2)
-            q, k = apply_rotary_pos_emb(q, k, cos[:, i : i + 1], sin[:, i : i + 1])
-            k, v = cache.append(k, v)  # [1, Hkv, n+1, hd]
-            # no mask: the single new query may see everything in its layer's cache
-            a = F.scaled_dot_product_attention(q, k, v, enable_gqa=True, scale=attn.scaling)  # [1, H, 1, hd]
-            x = x + attn.o_proj(a.transpose(1, 2).reshape(1, 1, H * hd))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
-        return self.model.lm_head(self.model.model.norm(x))[:, -1]  # [1, V]
+            token = self.model.model.embed_tokens(token.to(self.device))  # [1, 1, d]
+        return self.extend(token, caches)
 
     def generate(
         self,

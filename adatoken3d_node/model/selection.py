@@ -48,6 +48,11 @@ class Selected:
     flops: float  # matmul FLOPs of the selection (kcentre_flops + merge_flops)
 
 
+def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a (M, 3), b (K, 3) -> (M, K) squared distances, through one (M, 3) @ (3, K) product (what flops.py counts)."""
+    return a.square().sum(1, keepdim=True) + b.square().sum(1)[None] - 2 * (a @ b.t())
+
+
 def kcentre(
     centres: torch.Tensor, features: torch.Tensor, k: int, feature_weight: float, seeds: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -89,8 +94,7 @@ def merge_into_kept(features: torch.Tensor, centres: torch.Tensor, kept: torch.T
     merged[j] is the mean of the features of the tokens whose owner is j."""
     k = kept.numel()
     c = centres.float()
-    ck = c[kept]  # (k, 3)
-    d2 = c.square().sum(1, keepdim=True) + ck.square().sum(1)[None] - 2 * (c @ ck.t())  # (M, k)
+    d2 = squared_distances(c, c[kept])  # (M, k)
     unit = F.normalize(features.float(), dim=1)
     similarity = unit @ unit[kept].t()  # (M, k) cosine, in [-1, 1]
     # lexicographic (distance in 1 cm^2 steps, then the most similar feature); the similarity term is < 1 step
@@ -115,8 +119,7 @@ def coarse_voxel_features(model, clip_features: torch.Tensor, scene, voxel_size:
 def near_locations(centres: torch.Tensor, locations: torch.Tensor, radius: float, k: int) -> torch.Tensor:
     """The (at most k) tokens within `radius` metres of any of the locations, nearest first.
     centres (M, 3), locations (K, 3) -> (n,) int64, n <= k."""
-    c, points = centres.float(), locations.to(centres.device).float()
-    d2 = c.square().sum(1, keepdim=True) + points.square().sum(1)[None] - 2 * (c @ points.t())  # (M, K)
+    d2 = squared_distances(centres.float(), locations.to(centres.device).float())  # (M, K)
     nearest = d2.min(1).values  # (M,) squared distance to the closest location
     inside = (nearest <= radius * radius).nonzero()[:, 0]
     order = torch.sort(nearest[inside], stable=True).indices  # ties: the lower index
