@@ -259,26 +259,23 @@ def test_parse_selections_before_the_language_model():
     assert str(parse_gating("random:00:0.5[merge]", 32)) == "random:0:0.5[merge]"
 
 
-@pytest.mark.parametrize(
-    "text, message",
-    [
-        ("random:0:0.5,8:0.25", r"a cut at layer 0 is a selection before the language model"),
-        ("fastv:0:0.5:1", r"a cut at layer 0 is a selection"),
-        ("voxel:0.4[merge]", r"voxel pools every patch already"),
-        ("kcentre:0", r"keep ratio 0\.0 must be in \(0, 1\]"),
-        ("voxel:0", r"voxel size 0\.0 m must be in \(0, 10\]"),
-        ("random:0:0.1[feature=2]", r"feature=w is a kcentre option"),
-        ("kcentre:0.1[merge,merge]", r"bad option 'merge'"),
-        ("fastv:2:0.5[merge]", r"fastv takes no \[options\]"),
-        ("schedule:8:0.5+kcentre:0.1", r"'schedule:8:0\.5' is not a selection before the language model"),
-        ("kcentre:0.1+fastv:2:0.5+fastv:4:0.2", r"at most one selection and one in-LM policy"),
-        ("voxel:0.4~question", r"voxel:0\.4 does not score tokens"),
-        ("random:0:0.1+random:8:0.5~question", r"does not score tokens"),
-    ],
-)
-def test_parse_selection_errors(text, message):
-    with pytest.raises(ValueError, match=rf"^bad gating {re.escape(repr(text))}: .*{message}"):
-        parse_gating(text, 32)
+SELECTION_ERRORS = [
+    ("voxel:0.4[near=0.5]", r"near=R \(metres, in \(0, 10\]\) is an option of random, fastv:0 and kcentre"),
+    ("fastv:0:0.1[near=0]", r"near=0 must be a distance in metres > 0"),
+    ("kcentre:0.1[near=0.5,near=0.6]", r"bad option 'near=0\.6'"),
+    ("random:0:0.5,8:0.25", r"a cut at layer 0 is a selection before the language model"),
+    ("fastv:0:0.5:1", r"a cut at layer 0 is a selection"),
+    ("voxel:0.4[merge]", r"voxel pools every patch already"),
+    ("kcentre:0", r"keep ratio 0\.0 must be in \(0, 1\]"),
+    ("voxel:0", r"voxel size 0\.0 m must be in \(0, 10\]"),
+    ("random:0:0.1[feature=2]", r"feature=w is a kcentre option"),
+    ("kcentre:0.1[merge,merge]", r"bad option 'merge'"),
+    ("fastv:2:0.5[merge]", r"fastv takes no \[options\]"),
+    ("schedule:8:0.5+kcentre:0.1", r"'schedule:8:0\.5' is not a selection before the language model"),
+    ("kcentre:0.1+fastv:2:0.5+fastv:4:0.2", r"at most one selection and one in-LM policy"),
+    ("voxel:0.4~question", r"voxel:0\.4 does not score tokens"),
+    ("random:0:0.1+random:8:0.5~question", r"does not score tokens"),
+]
 
 
 def test_a_selection_is_refused_inside_the_language_model(gated):
@@ -310,7 +307,8 @@ def test_a_selection_is_refused_inside_the_language_model(gated):
         ("mass:0.9~everyone", r"unknown raters 'everyone'; expected one of last, question"),
         ("random:8:0.5~question", r"random does not score tokens, so it takes no ~question"),
         ("none~question", r"none does not score tokens"),
-    ],
+    ]
+    + SELECTION_ERRORS,
 )
 def test_parse_gating_errors(text, message):
     with pytest.raises(ValueError, match=rf"^bad gating {re.escape(repr(text))}: .*{message}"):
