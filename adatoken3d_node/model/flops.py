@@ -111,6 +111,19 @@ def prefill_flops(
     return float(layers + lm_head + scoring)
 
 
+def extend_flops(shape: LlamaShape, m: int, n_past: int) -> float:
+    """m new prompt tokens run every layer attending to n_past cached tokens and causally to each other
+    (gating.GatedLlama.extend: a question after a cached scene prefix), plus the last-position lm_head.
+    The attention terms count the m x (n_past + m) matrix the fused kernel computes; with n_past = 0
+    it is a prefill of m tokens."""
+    n, d, inter = m, shape.hidden, shape.intermediate
+    q_dim = shape.num_heads * shape.head_dim
+    kv_dim = shape.num_kv_heads * shape.head_dim
+    proj = 2 * n * d * q_dim * 2 + 2 * 2 * n * d * kv_dim  # q, o; k, v
+    layer = proj + 2 * (2 * n * (n_past + n) * q_dim) + 3 * (2 * n * d * inter)
+    return float(layer * shape.num_layers + 2 * d * shape.vocab)
+
+
 def dense_prefill_flops(shape: LlamaShape, n_tokens: int) -> float:
     """Prefill FLOPs with nothing pruned: all n tokens go through every layer."""
     return prefill_flops(shape, [n_tokens] * shape.num_layers)

@@ -127,6 +127,32 @@ class LayerCache:
         """An independent copy (a cached prefix that several continuations extend)."""
         return LayerCache(self.k, self.v, self.tokens, self.positions, self.next_position, reserve)
 
+    @classmethod
+    def empty(cls, like: torch.Tensor, num_kv_heads: int, head_dim: int, reserve: int) -> "LayerCache":
+        """No tokens yet, room for `reserve` (a scene prefix is built by extending an empty cache)."""
+        k = like.new_empty(1, num_kv_heads, 0, head_dim)
+        none = torch.zeros(0, dtype=torch.long, device=like.device)
+        return cls(k, k, none, none, 0, reserve)
+
+    def truncate(self, n: int) -> None:
+        """Forget everything after the first n entries (a question's tokens after a cached prefix):
+        the prefix's entries are untouched by appends, so no copy is needed to reuse it."""
+        self.next_position -= self.n - n
+        self.n = n
+
+    def repeat(self, batch: int, reserve: int) -> "LayerCache":
+        """`batch` independent rows of this one-row cache, for batched questions on one prefix."""
+        k, v = self.k.expand(batch, -1, -1, -1), self.v.expand(batch, -1, -1, -1)
+        return LayerCache(k, v, self.tokens, self.positions, self.next_position, reserve)
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Keep only these batch rows (questions that have not finished)."""
+        self._k, self._v = self._k[rows], self._v[rows]
+
+    @property
+    def nbytes(self) -> int:
+        return self._k.numel() * self._k.element_size() * 2
+
 
 # ---- the gated model ------------------------------------------------------------------------
 
@@ -346,36 +372,65 @@ class GatedLlama:
     # ---- decoding ----------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def extend(self, inputs_embeds: torch.Tensor, caches: list[LayerCache]) -> torch.Tensor:
-        """Continue a prefill: m more prompt tokens [1, m, d] attend to every layer's cache and causally
-        to each other -> logits [1, V] of the last one; appends them to the caches.
+    def extend(
+        self,
+        inputs_embeds: torch.Tensor,
+        caches: list[LayerCache],
+        positions: torch.Tensor | None = None,
+        key_valid: torch.Tensor | None = None,
+        abandon=None,
+        logits: bool = True,
+    ) -> torch.Tensor | None:
+        """Continue a prefill: m more prompt tokens [B, m, d] attend to every layer's cache and causally
+        to each other -> logits [B, V] of the last position; appends them to the caches.
 
-        What a cached scene prefix needs: a dense prefill of the prefix, then extend with the question's
-        tokens, equals the dense prefill of the whole prompt (to float rounding). In layer l the new tokens'
-        rotary positions continue from caches[l].next_position, as decoding does (the module docstring).
-        Fused attention; for m > 1 the mask is [m, n + m] booleans, for one token none is needed.
+        What a cached scene prefix needs: a dense prefill of the prefix (extending empty caches), then
+        extend with the question's tokens, equals the dense prefill of the whole prompt (to float rounding).
+        positions [B, m]: the new tokens' rotary positions, the same in every layer (a dense cache);
+        default, B = 1: in layer l they continue from caches[l].next_position, as decoding does (the
+        module docstring). key_valid [B, n + m] bool: the keys each row may see (False: the left padding
+        of a shorter question in a batch). abandon(layers_done) -> True stops between layers and
+        returns None, the caches then half-written. logits=False returns None when done (a prefix).
+        Fused attention: no mask for one token or an empty cache, else [B, 1, m, n + m] booleans.
         """
         H, Hkv, hd = self.H, self.Hkv, self.hd
         x = inputs_embeds.to(self.device, self.dtype)
-        m = x.shape[1]
+        B, m = x.shape[:2]
         step = torch.arange(m, device=self.device)
-        pos = torch.cat([c.next_position + step for c in caches])[None]  # [1, L*m]
-        cos, sin = self.rotary(x, pos)  # [1, L*m, hd]: one rotary call for all layers
+        if positions is None:
+            pos = torch.cat([c.next_position + step for c in caches])[None]  # [1, L*m]
+            cos, sin = self.rotary(x, pos)  # [1, L*m, hd]: one rotary call for all layers
+        else:
+            cos, sin = self.rotary(x, positions.to(self.device))  # [B, m, hd]
+        n = caches[0].n  # a dense or batched cache: the same length in every layer
+        mask = None
+        if m > 1 and n > 0 or key_valid is not None:
+            # new token j sees the n cached ones and new tokens 0..j; padding nowhere
+            mask = torch.arange(n + m, device=self.device)[None] <= (n + step)[:, None]  # [m, n+m]
+            if key_valid is not None:
+                mask = mask[None, None] & key_valid.to(self.device)[:, None, None, :]  # [B, 1, m, n+m]
         for i, (layer, cache) in enumerate(zip(self.layers, caches)):
+            if abandon is not None and abandon(i):
+                return None
+            if positions is None:
+                cos_i, sin_i = cos[:, i * m : (i + 1) * m], sin[:, i * m : (i + 1) * m]
+            else:
+                cos_i, sin_i = cos, sin
             attn = layer.self_attn
-            n = cache.n
             h = layer.input_layernorm(x)
-            q = attn.q_proj(h).view(1, m, H, hd).transpose(1, 2)  # [1, H, m, hd]
-            k = attn.k_proj(h).view(1, m, Hkv, hd).transpose(1, 2)  # [1, Hkv, m, hd]
-            v = attn.v_proj(h).view(1, m, Hkv, hd).transpose(1, 2)
-            q, k = apply_rotary_pos_emb(q, k, cos[:, i * m : (i + 1) * m], sin[:, i * m : (i + 1) * m])
-            k, v = cache.append(k, v)  # [1, Hkv, n+m, hd]
-            # new token j sees the n cached ones and new tokens 0..j; a single token sees everything
-            mask = None if m == 1 else torch.arange(n + m, device=self.device)[None] <= (n + step)[:, None]
-            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True, scale=attn.scaling)
-            x = x + attn.o_proj(a.transpose(1, 2).reshape(1, m, H * hd))
+            q = attn.q_proj(h).view(B, m, H, hd).transpose(1, 2)  # [B, H, m, hd]
+            k = attn.k_proj(h).view(B, m, Hkv, hd).transpose(1, 2)  # [B, Hkv, m, hd]
+            v = attn.v_proj(h).view(B, m, Hkv, hd).transpose(1, 2)
+            q, k = apply_rotary_pos_emb(q, k, cos_i, sin_i)
+            k, v = cache.append(k, v)  # [B, Hkv, n+m, hd]
+            a = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=mask is None and m > 1, enable_gqa=True, scale=attn.scaling
+            )
+            x = x + attn.o_proj(a.transpose(1, 2).reshape(B, m, H * hd))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
-        return self.model.lm_head(self.model.model.norm(x[:, -1:]))[:, -1]  # [1, V]
+        if not logits:
+            return None
+        return self.model.lm_head(self.model.model.norm(x[:, -1:]))[:, -1]  # [B, V]
 
     @torch.inference_mode()
     def decode_step(self, token: torch.Tensor, caches: list[LayerCache]) -> torch.Tensor:
@@ -399,7 +454,35 @@ class GatedLlama:
         sample_seed: int = 0,
         **prefill_kwargs,
     ) -> tuple[list[int], PrefillResult, float]:
-        """Gated prefill, then decode steps -> (generated ids, PrefillResult, decode_ms).
+        """Gated prefill, then decode steps -> (generated ids, PrefillResult, decode_ms); see decode."""
+        check_sampling(max_new_tokens, temperature, top_p)
+        pre = self.prefill(inputs_embeds, spatial_mask, policy, reserve=max_new_tokens, **prefill_kwargs)
+        ids, decode_ms = self.decode(
+            pre.logits,
+            pre.caches,
+            max_new_tokens,
+            eos_token_ids,
+            on_token,
+            should_stop,
+            temperature,
+            top_p,
+            sample_seed,
+        )
+        return ids, pre, decode_ms
+
+    def decode(
+        self,
+        logits: torch.Tensor,
+        caches: list[LayerCache],
+        max_new_tokens: int,
+        eos_token_ids=(),
+        on_token=None,
+        should_stop=None,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        sample_seed: int = 0,
+    ) -> tuple[list[int], float]:
+        """From the prompt's last logits [1, V] and its caches: decode steps -> (generated ids, decode_ms).
 
         temperature 0 is greedy; temperature > 0 samples from softmax(logits / temperature) restricted
         to the smallest set of tokens holding top_p of the probability (nucleus), with a torch
@@ -410,25 +493,10 @@ class GatedLlama:
         the ids: last id in eos_token_ids -> eos; max_new_tokens ids -> limit; otherwise cancelled.
         decode_ms is the model time of the decode steps only (callbacks excluded).
         """
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if temperature < 0 or not 0 < top_p <= 1:
-            raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature} and {top_p}")
+        check_sampling(max_new_tokens, temperature, top_p)
         eos = frozenset(eos_token_ids)
         generator = torch.Generator(device=self.device).manual_seed(sample_seed) if temperature > 0 else None
-
-        def pick(logits: torch.Tensor) -> torch.Tensor:  # [1, V] -> [1, 1]
-            if generator is None:
-                return logits.argmax(dim=-1, keepdim=True)
-            probs = torch.softmax(logits.float() / temperature, dim=-1)
-            sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
-            outside = torch.cumsum(sorted_probs, dim=-1) - sorted_probs >= top_p  # beyond the nucleus
-            sorted_probs[outside] = 0.0
-            choice = torch.multinomial(sorted_probs / sorted_probs.sum(), 1, generator=generator)
-            return order.gather(-1, choice)
-
-        pre = self.prefill(inputs_embeds, spatial_mask, policy, reserve=max_new_tokens, **prefill_kwargs)
-        token = pick(pre.logits)  # [1, 1]
+        token = pick_token(logits, temperature, top_p, generator)  # [1, 1]
         ids = [int(token)]
         decode_ms = 0.0
         while True:
@@ -439,7 +507,99 @@ class GatedLlama:
             if should_stop is not None and should_stop():
                 break
             t0 = now(self.device)
-            token = pick(self.decode_step(token, pre.caches))  # [1, 1]
+            token = pick_token(self.decode_step(token, caches), temperature, top_p, generator)  # [1, 1]
             ids.append(int(token))  # int() waits for the device
             decode_ms += (now(self.device) - t0) * 1e3
-        return ids, pre, decode_ms
+        return ids, decode_ms
+
+    @torch.inference_mode()
+    def decode_batch(
+        self,
+        logits: torch.Tensor,
+        caches: list[LayerCache],
+        positions: torch.Tensor,
+        key_valid: torch.Tensor,
+        rows: list["DecodeRow"],
+        eos_token_ids=(),
+        top_p: float = 1.0,
+        on_done=None,
+    ) -> None:
+        """decode for B questions at once: logits [B, V] of their prompts' last tokens, caches with B rows,
+        positions [B] of each row's next token, key_valid [B, n] (False: padding). Each row stops on its
+        own (EOS, its max_new_tokens, its should_stop) and leaves the batch; rows[b].ids and decode_ms are
+        filled in, and on_done(b) is called as row b finishes. Per row the same choices as decode with its
+        temperature and seed, so a batched answer is the answer the row would get alone."""
+        eos = frozenset(eos_token_ids)
+        for row in rows:
+            check_sampling(row.max_new_tokens, row.temperature, top_p)
+            if row.temperature > 0:
+                row.generator = torch.Generator(device=self.device).manual_seed(row.seed)
+        alive = list(range(len(rows)))  # batch row i is question alive[i]
+        t0 = now(self.device)
+        while alive:
+            tokens = [
+                pick_token(logits[i : i + 1], rows[b].temperature, top_p, rows[b].generator)
+                for i, b in enumerate(alive)
+            ]
+            finished = []
+            for i, (b, token) in enumerate(zip(alive, tokens)):
+                row = rows[b]
+                row.ids.append(int(token))
+                row.decode_ms = (now(self.device) - t0) * 1e3
+                if row.on_token is not None:
+                    row.on_token(row.ids)
+                if row.ids[-1] in eos or len(row.ids) >= row.max_new_tokens or (row.should_stop and row.should_stop()):
+                    finished.append(i)
+                    if on_done is not None:
+                        on_done(b)
+            if finished:
+                keep = [i for i in range(len(alive)) if i not in finished]
+                if not keep:
+                    return
+                index = torch.tensor(keep, device=self.device)
+                for cache in caches:
+                    cache.select_rows(index)
+                tokens = [tokens[i] for i in keep]
+                positions, key_valid = positions[index], key_valid[index]
+                alive = [alive[i] for i in keep]
+            token = torch.cat(tokens)  # [B', 1]
+            embeds = self.model.model.embed_tokens(token.to(self.device))  # [B', 1, d]
+            key_valid = torch.cat([key_valid, key_valid.new_ones(len(alive), 1)], dim=1)
+            logits = self.extend(embeds, caches, positions[:, None], key_valid)
+            positions = positions + 1
+
+
+@dataclass
+class DecodeRow:
+    """One question of a batched decode (GatedLlama.decode_batch): its settings in, its answer out."""
+
+    max_new_tokens: int
+    temperature: float = 0.0
+    seed: int = 0
+    on_token: object = None  # (ids so far) -> None
+    should_stop: object = None  # () -> bool
+    ids: list = None
+    decode_ms: float = 0.0
+    generator: object = None
+
+    def __post_init__(self):
+        self.ids = [] if self.ids is None else self.ids
+
+
+def check_sampling(max_new_tokens: int, temperature: float, top_p: float) -> None:
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature} and {top_p}")
+
+
+def pick_token(logits: torch.Tensor, temperature: float, top_p: float, generator) -> torch.Tensor:
+    """logits [1, V] -> the next token [1, 1]: argmax without a generator, else a nucleus sample."""
+    if generator is None:
+        return logits.argmax(dim=-1, keepdim=True)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
+    outside = torch.cumsum(sorted_probs, dim=-1) - sorted_probs >= top_p  # beyond the nucleus
+    sorted_probs[outside] = 0.0
+    choice = torch.multinomial(sorted_probs / sorted_probs.sum(), 1, generator=generator)
+    return order.gather(-1, choice)

@@ -165,6 +165,14 @@ class GatingPolicy:
         return self.cuts_score or (self.pre is not None and self.pre.method in ("query", "kcentre"))
 
     @property
+    def question_independent(self) -> bool:
+        """Whether the tokens it gives the language model do not depend on the question, so a scene's
+        prompt prefix can be prefilled once for every question (scene_qa.ScenePrefix): no in-LM cut,
+        and a selection, if any, that neither scores with layer 0 nor keeps what is near a named point."""
+        pre = self.pre
+        return self.kind == "none" and (pre is None or (not self.selection_scores and not pre.near))
+
+    @property
     def has_fixed_counts(self) -> bool:
         """Whether its token counts follow from the policy alone (not mass's scores, not voxel's scene)."""
         return self.kind != "mass" and (self.pre is None or self.pre.method != "voxel")
