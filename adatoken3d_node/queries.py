@@ -1,9 +1,14 @@
 """Queries: validation, the bounded FIFO queue, and the single worker thread that answers them.
 
 ROS-free. The node's service and action callbacks only validate and submit;
-one worker thread answers queries one at a time in arrival order, so inference
-never runs in an executor callback and never competes with itself for the GPU.
+one worker thread answers queries in arrival order, so inference never runs in
+an executor callback and never competes with itself for the GPU. Queries that
+wait together may be answered together (answer_batch: one scene prefix, batched
+decoding), each still finished, streamed and cancelled on its own. While no
+query waits, the worker calls on_idle (the scene prefix refresh).
 """
+
+import collections
 
 import itertools
 import math
@@ -11,7 +16,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 
 @dataclass
@@ -37,6 +42,8 @@ class QueryReport:
     flops_reduction: float = 0.0
     gating: str = ''
     scene_stamp_ns: int = 0
+    prefix_reused: bool = False  # answered on a scene prefix cached before it
+    scene_age_ms: float = 0.0  # how long before the answer the scene memory had moved past the scene used
 
 
 @dataclass
@@ -123,9 +130,24 @@ class QueryWorker:
     """
 
     def __init__(
-        self, answer: Callable[[QueryJob], QueryOutcome], capacity: int, name: str = 'adatoken3d-query-worker'
+        self,
+        answer: Callable[[QueryJob], QueryOutcome],
+        capacity: int,
+        name: str = 'adatoken3d-query-worker',
+        answer_batch: Optional[Callable[[List[QueryJob], Callable[[QueryJob, QueryOutcome], None]], None]] = None,
+        max_batch: int = 1,
+        on_idle: Optional[Callable[[], None]] = None,
+        idle_period_s: float = 0.05,
     ):
+        """answer_batch(jobs, finish) answers up to max_batch waiting queries together, calling
+        finish(job, outcome) once per job as each is done; on_idle() runs every idle_period_s while
+        nothing waits (it should return soon after next_waiting() is no longer None)."""
         self._answer = answer
+        self._answer_batch = answer_batch
+        self._max_batch = max_batch if answer_batch is not None else 1
+        self._on_idle = on_idle
+        self._idle_period_s = idle_period_s
+        self._held = collections.deque()  # taken from the queue behind a batch, to run next
         self._open = False
         self._queue: 'queue.Queue' = queue.Queue(maxsize=capacity)  # QueryJob, a call() or None (stop)
         self._capacity = capacity
@@ -223,22 +245,53 @@ class QueryWorker:
         self._queue.put(None)
         self._thread.join(timeout)
 
+    def next_waiting(self) -> Optional[object]:
+        """The query (or call) that would run next, without taking it; None when nothing waits."""
+        if self._held:
+            return self._held[0]
+        with self._queue.mutex:  # queue.Queue's own lock: a peek at its deque
+            return self._queue.queue[0] if self._queue.queue else None
+
+    def _next(self) -> object:
+        """The next item, calling on_idle while there is none."""
+        if self._held:
+            return self._held.popleft()
+        while True:
+            try:
+                return self._queue.get(timeout=self._idle_period_s if self._on_idle is not None else None)
+            except queue.Empty:
+                try:
+                    self._on_idle()
+                except Exception:
+                    pass  # a refresh that failed leaves the cache as it was; queries report their own errors
+
     def _run(self) -> None:
         while True:
-            job = self._queue.get()
+            job = self._next()
             if job is None:
                 return
             if not isinstance(job, QueryJob):  # a call() from the node, e.g. the warm-up
                 job()
                 continue
-            started = time.monotonic()
-            if job.should_stop():
-                outcome = QueryOutcome(False, error='cancelled before it started', cancelled=True)
-            else:
+            jobs = [job]
+            while len(jobs) < self._max_batch and not self._held:  # what waits with it, in order
                 try:
-                    outcome = self._answer(job)
-                except Exception as error:  # the worker must survive any query
-                    outcome = QueryOutcome(False, error=f'{type(error).__name__}: {error}')
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(more, QueryJob):
+                    jobs.append(more)
+                else:
+                    self._held.append(more)  # a call or the stop: after this batch, in order
+            self._run_jobs(jobs)
+
+    def _run_jobs(self, jobs: List[QueryJob]) -> None:
+        started = time.monotonic()
+        pending = {id(job): job for job in jobs}
+
+        def finish(job: QueryJob, outcome: QueryOutcome) -> None:
+            if pending.pop(id(job), None) is None:
+                return  # finished already
             finished = time.monotonic()
             report = outcome.report
             report.query_id = job.query_id
@@ -253,3 +306,22 @@ class QueryWorker:
             with self._idle:
                 self._unfinished -= 1
                 self._idle.notify_all()
+
+        runnable = []
+        for job in jobs:
+            if job.should_stop():
+                finish(job, QueryOutcome(False, error='cancelled before it started', cancelled=True))
+            else:
+                runnable.append(job)
+        if len(runnable) > 1:
+            try:
+                self._answer_batch(runnable, finish)
+            except Exception:
+                pass  # what the batch did not finish is answered one at a time, each with its own error
+        for job in runnable:  # alone, or what a batch left
+            if id(job) in pending:
+                try:
+                    outcome = self._answer(job)
+                except Exception as error:  # the worker must survive any query
+                    outcome = QueryOutcome(False, error=f'{type(error).__name__}: {error}')
+                finish(job, outcome)

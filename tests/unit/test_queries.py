@@ -160,3 +160,76 @@ def test_a_closed_worker_refuses_new_queries_and_drain_waits_for_the_queued_ones
     assert worker.drain(10.0) == 0 and worker.depth == 0
     assert [o.answer for o in recorder.outcomes] == ['A', 'B']  # queued queries are answered, not dropped
     worker.stop()
+
+
+def test_queries_waiting_together_are_handed_over_as_one_batch_in_order_and_calls_keep_their_turn():
+    recorder, batches, order = Recorder(), [], []
+
+    def answer_batch(jobs, finish):
+        batches.append([job.question for job in jobs])
+        for job in reversed(jobs):  # each finished on its own, in any order
+            finish(job, QueryOutcome(True, answer=job.question.upper()))
+
+    worker = opened(QueryWorker(recorder.answer, capacity=10, answer_batch=answer_batch, max_batch=3))
+    recorder.release.clear()
+    worker.submit('hold', 0.0, 4, recorder.on_done)  # the worker sits in this one
+    deadline = time.monotonic() + 10
+    while not recorder.started and time.monotonic() < deadline:
+        time.sleep(0.001)
+    for question in ('a', 'b', 'c', 'd'):
+        worker.submit(question, 0.0, 4, recorder.on_done)
+    caller = threading.Thread(target=lambda: worker.call(lambda: order.append('call')))
+    caller.start()
+    deadline = time.monotonic() + 10
+    while worker._queue.qsize() < 4 + 1 and time.monotonic() < deadline:  # the call is queued behind d
+        time.sleep(0.001)
+    worker.submit('e', 0.0, 4, recorder.on_done)
+    worker.submit('f', 0.0, 4, recorder.on_done)
+    recorder.release.set()
+    recorder.wait_for(7)
+    caller.join(10)
+    worker.stop()
+    # a, b, c together; d alone (the call behind it ends its batch), then the call, then e and f together
+    assert batches == [['a', 'b', 'c'], ['e', 'f']]
+    assert recorder.started == ['hold', 'd'] and order == ['call']
+    assert sorted(o.answer for o in recorder.outcomes) == ['A', 'B', 'C', 'D', 'E', 'F', 'HOLD']
+    assert worker.depth == 0
+
+
+def test_what_a_failed_batch_leaves_is_answered_one_at_a_time():
+    recorder = Recorder()
+
+    def answer_batch(jobs, finish):
+        finish(jobs[0], QueryOutcome(True, answer='batched'))
+        raise RuntimeError('batch exploded')
+
+    worker = opened(QueryWorker(recorder.answer, capacity=10, answer_batch=answer_batch, max_batch=4))
+    recorder.release.clear()
+    worker.submit('hold', 0.0, 4, recorder.on_done)
+    deadline = time.monotonic() + 10
+    while not recorder.started and time.monotonic() < deadline:
+        time.sleep(0.001)
+    for question in ('a', 'boom', 'c'):
+        worker.submit(question, 0.0, 4, recorder.on_done)
+    recorder.release.set()
+    recorder.wait_for(4)
+    worker.stop()
+    answers = sorted((o.answer, o.error) for o in recorder.outcomes)
+    assert answers == [('', 'RuntimeError: model exploded'), ('C', ''), ('HOLD', ''), ('batched', '')]
+
+
+def test_on_idle_runs_while_nothing_waits_and_sees_what_arrives():
+    seen, recorder = [], Recorder()
+    worker = None
+
+    def on_idle():
+        seen.append(worker.next_waiting())
+
+    worker = opened(QueryWorker(recorder.answer, capacity=10, on_idle=on_idle, idle_period_s=0.01))
+    deadline = time.monotonic() + 10
+    while len(seen) < 3 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert len(seen) >= 3 and all(item is None for item in seen)
+    worker.submit('a', 0.0, 4, recorder.on_done)
+    recorder.wait_for(1)
+    worker.stop()
