@@ -128,9 +128,10 @@ class LayerCache:
         return LayerCache(self.k, self.v, self.tokens, self.positions, self.next_position, reserve)
 
     @classmethod
-    def empty(cls, like: torch.Tensor, num_kv_heads: int, head_dim: int, reserve: int) -> "LayerCache":
-        """No tokens yet, room for `reserve` (a scene prefix is built by extending an empty cache)."""
-        k = like.new_empty(1, num_kv_heads, 0, head_dim)
+    def empty(cls, like: torch.Tensor, num_kv_heads: int, head_dim: int, reserve: int, batch: int = 1) -> "LayerCache":
+        """No tokens yet, room for `reserve` (a scene prefix is built by extending an empty cache; batched
+        questions each get an empty row after a shared prefix)."""
+        k = like.new_empty(batch, num_kv_heads, 0, head_dim)
         none = torch.zeros(0, dtype=torch.long, device=like.device)
         return cls(k, k, none, none, 0, reserve)
 
@@ -139,11 +140,6 @@ class LayerCache:
         the prefix's entries are untouched by appends, so no copy is needed to reuse it."""
         self.next_position -= self.n - n
         self.n = n
-
-    def repeat(self, batch: int, reserve: int) -> "LayerCache":
-        """`batch` independent rows of this one-row cache, for batched questions on one prefix."""
-        k, v = self.k.expand(batch, -1, -1, -1), self.v.expand(batch, -1, -1, -1)
-        return LayerCache(k, v, self.tokens, self.positions, self.next_position, reserve)
 
     def select_rows(self, rows: torch.Tensor) -> None:
         """Keep only these batch rows (questions that have not finished)."""
@@ -380,6 +376,7 @@ class GatedLlama:
         key_valid: torch.Tensor | None = None,
         abandon=None,
         logits: bool = True,
+        shared: list[LayerCache] | None = None,
     ) -> torch.Tensor | None:
         """Continue a prefill: m more prompt tokens [B, m, d] attend to every layer's cache and causally
         to each other -> logits [B, V] of the last position; appends them to the caches.
@@ -392,6 +389,10 @@ class GatedLlama:
         of a shorter question in a batch). abandon(layers_done) -> True stops between layers and
         returns None, the caches then half-written. logits=False returns None when done (a prefix).
         Fused attention: no mask for one token or an empty cache, else [B, 1, m, n + m] booleans.
+
+        shared: one-row caches every row attends to before its own (a scene prefix under a batch of
+        questions; key_valid then covers the rows' own keys only): read once for the whole batch, never
+        copied per row (shared_prefix_attention).
         """
         H, Hkv, hd = self.H, self.Hkv, self.hd
         x = inputs_embeds.to(self.device, self.dtype)
@@ -423,9 +424,13 @@ class GatedLlama:
             v = attn.v_proj(h).view(B, m, Hkv, hd).transpose(1, 2)
             q, k = apply_rotary_pos_emb(q, k, cos_i, sin_i)
             k, v = cache.append(k, v)  # [B, Hkv, n+m, hd]
-            a = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=mask is None and m > 1, enable_gqa=True, scale=attn.scaling
-            )
+            if shared is not None:
+                own = mask if mask is not None else torch.ones(B, 1, m, n + m, dtype=torch.bool, device=x.device)
+                a = shared_prefix_attention(q, shared[i].k, shared[i].v, k, v, own.expand(B, 1, m, n + m), attn.scaling)
+            else:
+                a = F.scaled_dot_product_attention(
+                    q, k, v, attn_mask=mask, is_causal=mask is None and m > 1, enable_gqa=True, scale=attn.scaling
+                )
             x = x + attn.o_proj(a.transpose(1, 2).reshape(B, m, H * hd))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         if not logits:
@@ -523,12 +528,14 @@ class GatedLlama:
         eos_token_ids=(),
         top_p: float = 1.0,
         on_done=None,
+        shared: list[LayerCache] | None = None,
     ) -> None:
         """decode for B questions at once: logits [B, V] of their prompts' last tokens, caches with B rows,
         positions [B] of each row's next token, key_valid [B, n] (False: padding). Each row stops on its
         own (EOS, its max_new_tokens, its should_stop) and leaves the batch; rows[b].ids and decode_ms are
-        filled in, and on_done(b) is called as row b finishes. Per row the same choices as decode with its
-        temperature and seed, so a batched answer is the answer the row would get alone."""
+        filled in, and on_done(b) is called as row b finishes. shared: a prefix every row attends to (extend).
+        Per row the same choices as decode with its temperature and seed, so a batched answer is the answer
+        the row would get alone."""
         eos = frozenset(eos_token_ids)
         for row in rows:
             check_sampling(row.max_new_tokens, row.temperature, top_p)
@@ -565,7 +572,7 @@ class GatedLlama:
             token = torch.cat(tokens)  # [B', 1]
             embeds = self.model.model.embed_tokens(token.to(self.device))  # [B', 1, d]
             key_valid = torch.cat([key_valid, key_valid.new_ones(len(alive), 1)], dim=1)
-            logits = self.extend(embeds, caches, positions[:, None], key_valid)
+            logits = self.extend(embeds, caches, positions[:, None], key_valid, shared=shared)
             positions = positions + 1
 
 
@@ -584,6 +591,44 @@ class DecodeRow:
 
     def __post_init__(self):
         self.ids = [] if self.ids is None else self.ids
+
+
+def shared_prefix_attention(
+    q: torch.Tensor,
+    shared_k: torch.Tensor,
+    shared_v: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """Attention of B rows' queries q [B, H, m, hd] to one shared prefix (shared_k, shared_v [1, Hkv, P, hd],
+    no mask) and then to each row's own keys (k, v [B, Hkv, n, hd], mask [B, 1, m, n] True = visible)
+    -> [B, H, m, hd], as if every row's cache were prefix + own keys.
+
+    The prefix part folds all rows' queries into one product per kv head, so the prefix is read once
+    per step for the whole batch (decoding a batch is then not B times the prefix's memory traffic);
+    the two softmaxes are joined by their log-sum-exp. float32 throughout."""
+    B, H, m, hd = q.shape
+    Hkv = shared_k.shape[1]
+    G = H // Hkv  # query head i uses kv head i // G (transformers' repeat_kv)
+    qg = q.float().reshape(B, Hkv, G * m, hd)  # [B, Hkv, G*m, hd]
+    # prefix: [Hkv, B*G*m, hd] @ [Hkv, hd, P]
+    folded = qg.transpose(0, 1).reshape(Hkv, B * G * m, hd)
+    s_p = (folded @ shared_k[0].float().transpose(1, 2)) * scale  # [Hkv, B*G*m, P]
+    lse_p = s_p.logsumexp(-1, keepdim=True)
+    out_p = (s_p - lse_p).exp() @ shared_v[0].float()  # [Hkv, B*G*m, hd]
+    out_p = out_p.reshape(Hkv, B, G * m, hd).transpose(0, 1)  # [B, Hkv, G*m, hd]
+    lse_p = lse_p.reshape(Hkv, B, G * m, 1).transpose(0, 1)
+    # own keys: [B, Hkv, G*m, hd] @ [B, Hkv, hd, n]
+    s_o = (qg @ k.float().transpose(2, 3)) * scale  # [B, Hkv, G*m, n]
+    visible = mask[:, :, None].expand(B, 1, G, m, mask.shape[-1]).reshape(B, 1, G * m, -1)
+    s_o = s_o.masked_fill(~visible, float("-inf"))
+    lse_o = s_o.logsumexp(-1, keepdim=True)  # -inf where a (padding) row sees none of its own keys
+    out_o = (s_o - lse_o).exp().nan_to_num(0.0) @ v.float()
+    lse = torch.logaddexp(lse_p, lse_o)
+    out = out_p * (lse_p - lse).exp() + out_o * (lse_o - lse).exp()  # [B, Hkv, G*m, hd]
+    return out.reshape(B, H, m, hd).to(q.dtype)
 
 
 def check_sampling(max_new_tokens: int, temperature: float, top_p: float) -> None:

@@ -317,18 +317,21 @@ class SceneAnswerer:
             for m, row in zip(lengths, rows):
                 self._check_context(P + m, prefix.spatial_kept, row.max_new_tokens)
             embeds = torch.zeros(B, longest, self.model.config.hidden_size, dtype=self.dtype, device=dev)
-            key_valid = torch.ones(B, P + longest, dtype=torch.bool, device=dev)
+            key_valid = torch.ones(B, longest, dtype=torch.bool, device=dev)  # the rows' own keys
             positions = torch.zeros(B, longest, dtype=torch.long, device=dev)
             for b, ((suffix, _), m) in enumerate(zip(suffixes, lengths)):
                 pad = longest - m  # left padding: every question's last token in the last column
                 embeds[b, pad:] = suffix[0]
-                key_valid[b, P : P + pad] = False
+                key_valid[b, :pad] = False
                 positions[b] = (P - pad + torch.arange(longest, device=dev)).clamp(min=0)
             for b, on_token in enumerate(on_tokens or []):
                 rows[b].on_token = self._streamer(on_token)
-            caches = [cache.repeat(B, longest + max(row.max_new_tokens for row in rows)) for cache in prefix.caches]
+            # each question's own keys after the prefix, which all of them read and none copies
+            reserve = longest + max(row.max_new_tokens for row in rows)
+            gated = self.gated
+            caches = [LayerCache.empty(embeds, gated.Hkv, gated.hd, reserve, B) for _ in prefix.caches]
             start = now(dev)
-            logits = self.gated.extend(embeds, caches, positions, key_valid)  # [B, V]
+            logits = gated.extend(embeds, caches, positions, key_valid, shared=prefix.caches)  # [B, V]
             prefill_ms = (now(dev) - start) * 1e3
 
             def done(b: int) -> None:
@@ -338,8 +341,16 @@ class SceneAnswerer:
                 )
                 on_answer(b, answer)
 
-            self.gated.decode_batch(
-                logits, caches, positions[:, -1] + 1, key_valid, rows, self.eos_token_ids, top_p, on_done=done
+            gated.decode_batch(
+                logits,
+                caches,
+                positions[:, -1] + 1,
+                key_valid,
+                rows,
+                self.eos_token_ids,
+                top_p,
+                on_done=done,
+                shared=prefix.caches,
             )
 
     def _check_context(self, prompt_tokens: int, spatial: int, max_new_tokens: int) -> None:

@@ -117,3 +117,25 @@ def test_an_abandoned_prefix_is_none(answerer, scene):  # noqa: F811
     stop_at_layer_1 = lambda i: layers.append(i) or i == 1  # noqa: E731
     assert answerer.build_prefix(scene, answerer.policy("none"), 8, abandon=stop_at_layer_1) is None
     assert layers == [0, 1]
+
+
+@pytest.mark.parametrize("heads, kv_heads", [(4, 2), (4, 4)])
+def test_shared_prefix_attention_is_attention_over_prefix_and_own_keys(heads, kv_heads):
+    """The batched path's attention (prefix read once for all rows) against fused attention over each row's
+    whole cache; a padding query that sees none of its own keys still sees the prefix."""
+    from adatoken3d_node.model.gating import shared_prefix_attention
+
+    g = torch.Generator().manual_seed(0)
+    B, m, n, P, hd = 3, 4, 6, 9, 8
+    q = torch.randn(B, heads, m, hd, generator=g)
+    pk, pv = torch.randn(1, kv_heads, P, hd, generator=g), torch.randn(1, kv_heads, P, hd, generator=g)
+    k, v = torch.randn(B, kv_heads, n, hd, generator=g), torch.randn(B, kv_heads, n, hd, generator=g)
+    mask = torch.rand(B, 1, m, n, generator=g) > 0.4
+    mask[0, 0, 0] = False  # a padding query: none of its own keys
+    got = shared_prefix_attention(q, pk, pv, k, v, mask, 0.35)
+    whole_k, whole_v = torch.cat([pk.expand(B, -1, -1, -1), k], 2), torch.cat([pv.expand(B, -1, -1, -1), v], 2)
+    whole_mask = torch.cat([torch.ones(B, 1, m, P, dtype=torch.bool), mask], 3)
+    want = torch.nn.functional.scaled_dot_product_attention(
+        q, whole_k, whole_v, attn_mask=whole_mask, enable_gqa=True, scale=0.35
+    )
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
