@@ -33,7 +33,7 @@ from typing import Deque, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .model.flops import LlamaShape, prefill_flops
+from .model.flops import LlamaShape, extend_flops, prefill_flops
 from .model.gating_policy import GatingPolicy, parse_gating, quarter_layers, ratio_count, selection_count, with_raters
 
 
@@ -80,6 +80,14 @@ def prefill_features(shape: LlamaShape, counts: Sequence[int]) -> np.ndarray:
     attention = sum(4.0 * n * n * q_dim for n in counts)
     linear = prefill_flops(shape, list(counts)) - attention
     return np.array([linear / 1e9, attention / 1e9, 1.0, cuts_of(counts)])
+
+
+def extend_features(shape: LlamaShape, m: int, cached: int) -> np.ndarray:
+    """prefill_features of m question tokens prefilled against a cached scene prefix of `cached` tokens
+    (the cache-hit path): the same regression covers it, with attention over m x (cached + m)."""
+    attention = 4.0 * m * (cached + m) * shape.num_heads * shape.head_dim * shape.num_layers
+    linear = extend_flops(shape, m, cached) - attention
+    return np.array([linear / 1e9, attention / 1e9, 1.0, 0.0])
 
 
 def cuts_of(counts: Sequence[int]) -> int:
@@ -165,6 +173,10 @@ class CostModel:
     def prefill_ms(self, counts: Sequence[int]) -> float:
         return float(self.prefill_coef @ prefill_features(self.shape, counts))
 
+    def extend_ms(self, m: int, cached: int) -> float:
+        """A question's m tokens against a cached prefix of `cached` tokens."""
+        return float(self.prefill_coef @ extend_features(self.shape, m, cached))
+
     def decode_ms(self, new_tokens: int, cache_tokens: float) -> float:
         c, d = self.decode_coef
         return max(new_tokens - 1, 0) * (c + d * cache_tokens / 1000)  # the first token comes from prefill
@@ -198,6 +210,7 @@ class BudgetDecision:
     predicted_ms: float  # predicted from now: vision + prefill + decode
     predicted_model_ms: float  # prefill + decode part (what the error is tracked on)
     fits: bool  # False: even the floor is predicted to miss the budget
+    reuse_prefix: bool = False  # answer on the cached scene prefix (dense, only the question prefilled)
 
 
 class BudgetController:
@@ -213,7 +226,8 @@ class BudgetController:
         policies = [parse_gating(text, L) for text in frontier]
         self.frontier = [p for p in policies if p.has_fixed_counts]
 
-    def _predict_counts(self, counts: Sequence[int], new_tokens: int, selection: Optional[str]) -> Tuple[float, float]:
+    def predict_counts(self, counts: Sequence[int], new_tokens: int, selection: Optional[str]) -> Tuple[float, float]:
+        """(vision + model ms, model ms) with counts[l] tokens entering layer l, after a selection's method."""
         model_ms = self.cost.prefill_ms(counts) + self.cost.decode_ms(new_tokens, float(np.mean(counts)))
         model_ms += self.cost.selection_ms(selection)
         return self.cost.vision_ms() + model_ms, model_ms
@@ -228,7 +242,7 @@ class BudgetController:
             share = (counts[-1] - text) / spatial
             if share < self.min_keep_ratio:
                 continue
-            total, model = self._predict_counts(counts, new_tokens, policy.pre and policy.pre.method)
+            total, model = self.predict_counts(counts, new_tokens, policy.pre and policy.pre.method)
             decision = BudgetDecision(share, str(policy), total, model, total <= remaining_ms)
             if decision.fits:
                 break
@@ -242,13 +256,39 @@ class BudgetController:
         model_ms = self.cost.prefill_ms(counts) + self.cost.decode_ms(new_tokens, float(np.mean(counts)))
         return self.cost.vision_ms() + model_ms, model_ms
 
-    def decide(self, remaining_ms: float, text: int, spatial: int, new_tokens: int) -> BudgetDecision:
+    def predict_hit(self, question_tokens: int, cached_tokens: int, new_tokens: int) -> float:
+        """ms predicted for an answer on a cached scene prefix: no vision, the question's prefill, decode."""
+        cost = self.cost
+        return cost.extend_ms(question_tokens, cached_tokens) + cost.decode_ms(
+            new_tokens, cached_tokens + question_tokens + new_tokens / 2
+        )
+
+    def decide(
+        self,
+        remaining_ms: float,
+        text: int,
+        spatial: int,
+        new_tokens: int,
+        cached_tokens: Optional[int] = None,
+        question_tokens: int = 0,
+    ) -> BudgetDecision:
         """The least pruning predicted to finish within remaining_ms (the budget minus the time already
-        spent on this query: queue and scene snapshot)."""
-        L = self.cost.shape.num_layers
+        spent on this query: queue and scene snapshot). With a cached scene prefix of cached_tokens
+        (question_tokens after it), its dense answer when that is predicted to fit, or to be the least late."""
         # Aim under the time left: the prediction is a mean, and publishing the answer after the model
         # is done takes a few ms the cost model does not see.
         remaining_ms = remaining_ms * (1 - self.cost.safety_margin())
+        if cached_tokens is None:
+            return self._decide_recompute(remaining_ms, text, spatial, new_tokens)
+        hit_ms = self.predict_hit(question_tokens, cached_tokens, new_tokens)
+        hit = BudgetDecision(1.0, 'none', hit_ms, hit_ms, hit_ms <= remaining_ms, reuse_prefix=True)
+        if hit.fits:
+            return hit
+        recompute = self._decide_recompute(remaining_ms, text, spatial, new_tokens)
+        return recompute if recompute.fits or recompute.predicted_ms < hit_ms else hit
+
+    def _decide_recompute(self, remaining_ms: float, text: int, spatial: int, new_tokens: int) -> BudgetDecision:
+        L = self.cost.shape.num_layers
         total, model = self.predict(1.0, text, spatial, new_tokens)
         if total <= remaining_ms or spatial == 0:
             return BudgetDecision(1.0, 'none', total, model, total <= remaining_ms)

@@ -2,7 +2,7 @@
 
 One status, "query engine": lifecycle state, model, gating, the query queue and latencies, each
 sensor input (rate, count, matched publishers), the views kept and skipped and why, the scene
-memory, the latency-budget cost model and memory use. outgoing.diagnostic_array wraps it in a
+memory, the latency-budget cost model, the scene prefix cache and memory use. outgoing.diagnostic_array wraps it in a
 DiagnosticArray.
 """
 
@@ -70,6 +70,8 @@ def engine_status(
     values.update(scene)
     if engine is not None and engine.pipeline.budget is not None:
         values.update(budget_values(engine.pipeline))
+    if engine is not None:
+        values.update(engine.pipeline.cache.values())
     values.update({k: f'{v:.3f}' for k, v in latency.summary().items()})
     values.update(memory_values(answerer.device if answerer else None))
     if answerer is not None and answerer.is_untrained:

@@ -42,6 +42,8 @@ METRICS_FIELDS = (
     'prefill_flops',
     'flops_reduction',
     'gating',
+    'prefix_reused',
+    'scene_age_ms',
 )
 
 

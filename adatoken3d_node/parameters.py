@@ -106,6 +106,39 @@ PARAMETERS = (
         min_value=1,
         max_value=1000,
     ),
+    ParameterSpec(
+        'prefix_cache',
+        True,
+        'Keep the key/value cache of the scene part of the prompt (system prompt and spatial tokens) per '
+        'scene snapshot: a question about an unchanged scene prefills only its own tokens. Used when gating '
+        'does not depend on the question (none: answers exactly as dense; or a kcentre, random or voxel '
+        'selection) or with a default latency_budget_ms (which takes it when it fits); a question-guided '
+        'gating without a budget runs uncached.',
+    ),
+    ParameterSpec(
+        'prefix_refresh',
+        True,
+        'While no question waits, prefill the prefix of a changed scene in the background; a question '
+        'that would be answered sooner without it does not wait for it (the refresh is abandoned).',
+    ),
+    ParameterSpec(
+        'prefix_refresh_min_interval_ms', 200.0, 'Least time between two background refreshes.', min_value=0.0
+    ),
+    ParameterSpec(
+        'max_scene_age_ms',
+        0.0,
+        'How long after the scene memory changed a question may still be answered on the cached prefix '
+        'of the older scene; 0 = always on the newest views.',
+        min_value=0.0,
+    ),
+    ParameterSpec(
+        'max_batch_size',
+        16,
+        'Questions waiting together are answered as one batch on the cached scene prefix (batched '
+        'prefill and decoding, each stopping, streaming and cancelled on its own); 1 = one at a time.',
+        min_value=1,
+        max_value=256,
+    ),
     ParameterSpec('max_question_chars', 2000, 'Longer questions are refused with a reason.', min_value=1),
     ParameterSpec(
         'require_scene',

@@ -8,6 +8,12 @@
 With a latency budget the pruning is chosen per query by the budget controller (budget.py): the
 least pruning predicted to finish in the time the budget has left once the query leaves the queue
 and the scene snapshot is taken. Every answered query, budgeted or not, updates the cost model.
+
+With the scene prefix cache (scene_cache.py) a question about a scene whose prefix is cached (and not
+older than max_scene_age_ms) prefills only its own tokens against it: the dense answer for a fraction
+of the work. A miss that runs densely leaves its prefix behind for the next question; while no question
+waits, the prefix of a changed scene is prefilled in the background (refresh). Questions waiting
+together are answered together on one prefix (answer_batch).
 """
 
 import gc
@@ -19,8 +25,17 @@ import numpy as np
 import torch
 
 from . import parameters
-from .budget import BudgetController, CostModel, Observation, budget_schedule, prefill_features
+from .budget import (
+    BudgetController,
+    CostModel,
+    Observation,
+    budget_schedule,
+    extend_features,
+    planned_tokens_per_layer,
+    prefill_features,
+)
 from .model.device import now
+from .model.gating import DecodeRow
 from .model.gating_policy import GatingPolicy, parse_gating
 from .model.llava3d import parse_locations
 from .model.loader import ModelLoadError
@@ -29,6 +44,7 @@ from .model.scene_qa import SceneAnswerer
 from .perception.frontend import FrontEndConfig, SceneFrontEnd
 from .perception.keyframes import KeyframePolicy
 from .queries import NOT_ACCEPTING, QueryJob, QueryLimits, QueryOutcome, QueryReport, QueryWorker, resolve_request
+from .scene_cache import PrefixCacheConfig, ScenePrefixCache
 from .share import default_model_dir
 
 
@@ -51,7 +67,9 @@ class AnswerPipeline:
         top_p: float = 1.0,
         budget: Optional[BudgetController] = None,
         admission: Admission = Admission(),
+        prefix_cache: Optional[PrefixCacheConfig] = None,
     ):
+        """prefix_cache: None (or enabled False) answers every question from scratch."""
         self.answerer = answerer
         self.frontend = frontend
         self.policy = policy
@@ -60,6 +78,7 @@ class AnswerPipeline:
         self.budget = budget
         self.admission = admission
         self.last_keep_ratio: Optional[float] = None
+        self.cache = ScenePrefixCache(answerer, frontend, policy, prefix_cache or PrefixCacheConfig(enabled=False))
 
     def admission_problem(self, question: str) -> Optional[str]:
         """Why the scene memory cannot answer this question yet, or None."""
@@ -86,8 +105,9 @@ class AnswerPipeline:
 
     def answer(self, job: QueryJob) -> QueryOutcome:
         start = time.perf_counter()
-        scene = self.frontend.scene()  # a consistent snapshot: sensors keep writing meanwhile
+        revision, scene = self.cache.snapshot()  # a consistent snapshot: sensors keep writing meanwhile
         scene_ms = (time.perf_counter() - start) * 1e3
+        cached = self.cache.usable(scene)
         policy, decision, label = self.policy, None, None
         if job.latency_budget_ms > 0 and self.budget is not None:
             spent_ms = (time.monotonic() - job.accepted_at) * 1e3  # queue + scene snapshot
@@ -96,26 +116,41 @@ class AnswerPipeline:
                 self.answerer.text_tokens(job.question),
                 scene.num_tokens,
                 job.max_new_tokens,
+                cached_tokens=cached[0].num_tokens if cached else None,
+                question_tokens=self.answerer.question_inputs(job.question)[0].shape[1] if cached else 0,
             )
             policy = self.answerer.policy(decision.policy_text)
             self.last_keep_ratio = decision.keep_ratio
+            what = 'cached scene prefix' if decision.reuse_prefix else f'keep {decision.keep_ratio:.2f}'
             label = (
-                f'budget {job.latency_budget_ms:.0f} ms: keep {decision.keep_ratio:.2f}, predicted '
-                f'{spent_ms + decision.predicted_ms:.0f} ms'
+                f'budget {job.latency_budget_ms:.0f} ms: {what}, predicted {spent_ms + decision.predicted_ms:.0f} ms'
                 + ('' if decision.fits else ' (floor; the budget is predicted to be missed)')
             )
-        result = self.answerer.answer(
-            job.question,
-            scene,
-            policy,
-            job.max_new_tokens,
+        kwargs = dict(
             on_token=job.on_token,
             should_stop=job.should_stop,
             temperature=self.temperature,
             top_p=self.top_p,
             seed=job.seq,
         )
+        age_ms = 0.0
+        if cached is not None and (decision is None or decision.reuse_prefix):  # a hit
+            prefix, age_ms = cached
+            scene = prefix.scene
+            self.cache.hits += 1
+            result = self.answerer.answer_on_prefix(job.question, prefix, job.max_new_tokens, **kwargs)
+        elif self.cache.enabled and scene.num_tokens and str(policy) == str(self.cache.policy):
+            # a miss that runs the cached policy anyway: prefill the prefix, then the question on it
+            self.cache.misses += 1
+            prefix = self.cache.build(revision, scene)
+            result = self.answerer.answer_on_prefix(job.question, prefix, job.max_new_tokens, built_now=True, **kwargs)
+        else:
+            self.cache.misses += self.cache.enabled
+            result = self.answerer.answer(job.question, scene, policy, job.max_new_tokens, **kwargs)
         self._learn(result, decision, policy)
+        return self._outcome(result, scene, scene_ms, age_ms, label)
+
+    def _outcome(self, result, scene, scene_ms: float, age_ms: float, label: Optional[str] = None) -> QueryOutcome:
         report = QueryReport(
             scene_ms=scene_ms,
             vision_ms=result.vision_ms,
@@ -133,29 +168,122 @@ class AnswerPipeline:
             else 0.0,
             gating=f'{label}, {result.gating}' if label else result.gating,
             scene_stamp_ns=scene.newest_stamp_ns,
+            prefix_reused=result.prefix_reused,
+            scene_age_ms=age_ms,
         )
         if result.stop_reason == 'cancelled':
             return QueryOutcome(False, answer=result.text, error='cancelled', cancelled=True, report=report)
         return QueryOutcome(True, answer=result.text, report=report)
 
+    def answer_batch(self, jobs, finish) -> None:
+        """Answer queries that waited together (QueryWorker's answer_batch): on the cached prefix of the
+        current scene, their questions prefilled as one batch and decoded together. Without one, the first
+        question is answered alone (by its own budget; a dense answer leaves the prefix behind) and the rest
+        are batched on what it left. Whatever is not finished here is answered one at a time."""
+        start = time.perf_counter()
+        _, scene = self.cache.snapshot()
+        if not self.cache.enabled or scene.num_tokens == 0:
+            return
+        if self.cache.usable(scene) is None:
+            first, jobs = jobs[0], jobs[1:]
+            finish(first, self.answer(first))
+            start = time.perf_counter()
+            _, scene = self.cache.snapshot()
+        cached = self.cache.usable(scene)
+        scene_ms = (time.perf_counter() - start) * 1e3
+        if cached is None or len(jobs) < 2:
+            return
+        prefix, age_ms = cached
+        rows = [DecodeRow(job.max_new_tokens, self.temperature, job.seq, should_stop=job.should_stop) for job in jobs]
+        label = f'batch of {len(jobs)}'
+
+        def on_answer(b: int, result) -> None:
+            self.cache.hits += 1
+            finish(jobs[b], self._outcome(result, prefix.scene, scene_ms, age_ms, label))
+
+        self.answerer.answer_batch(
+            [job.question for job in jobs], prefix, rows, on_answer, self.top_p, [job.on_token for job in jobs]
+        )
+
+    def refresh(self, next_waiting) -> None:
+        """While the worker is idle (QueryWorker's on_idle): prefill the prefix of a scene that changed
+        since the cached one, at most every prefix_refresh_min_interval_ms. A question arriving meanwhile
+        does not wait for it when it need not: the refresh is abandoned between layers when the old prefix
+        may still answer that question (max_scene_age_ms), or when the cost model predicts that the question
+        answered from scratch (by its budget, or the node's gating) ends sooner than the rest of the refresh
+        and an answer on its prefix; otherwise it finishes and the question is answered on it."""
+        cache = self.cache
+        config = cache.config
+        if not (cache.enabled and config.refresh):
+            return
+        if (time.monotonic() - cache.last_refresh) * 1e3 < config.refresh_min_interval_ms:
+            return
+        revision, scene = cache.snapshot()
+        if scene.num_tokens == 0 or cache.is_current(scene) or next_waiting() is not None:
+            return
+        cache.last_refresh = time.monotonic()
+        L = self.answerer.num_layers
+        cost = self.budget.cost if self.budget is not None else None
+        prefix_tokens = self.answerer.prompt_head_tokens() + scene.num_tokens  # before any selection
+        whole_ms = cost.prefill_ms([prefix_tokens] * L) if cost is not None else 0.0
+        plans = {}  # job seq -> (ms to answer it on this prefix once built, ms to answer it from scratch)
+
+        def plan(job: QueryJob):
+            if job.seq not in plans:
+                question = self.answerer.question_inputs(job.question)[0].shape[1]
+                hit_ms = self.budget.predict_hit(question, prefix_tokens, job.max_new_tokens)
+                plans[job.seq] = (hit_ms, self._predict_recompute_ms(job, scene, whole_ms, hit_ms))
+            return plans[job.seq]
+
+        def abandon(layers_done: int) -> bool:
+            job = next_waiting()
+            if not isinstance(job, QueryJob):
+                return job is not None  # a call or the stop: never held up by a refresh
+            if cache.usable(self.frontend.scene()) is not None:
+                return True  # the old prefix answers it now
+            if cost is None:
+                return False
+            hit_ms, recompute_ms = plan(job)
+            return whole_ms * (L - layers_done) / L + hit_ms > recompute_ms  # abandoning is sooner
+
+        if cache.build(revision, scene, abandon) is not None:
+            cache.refreshes += 1
+        else:
+            cache.abandoned += 1
+
+    def _predict_recompute_ms(self, job: QueryJob, scene, prefix_ms: float, hit_ms: float) -> float:
+        """The cost model's time for answering this query from scratch instead (by its budget's decision,
+        or by the node's gating), the views' features already computed by the refresh. When that runs
+        the cached policy it builds the same prefix: prefix_ms + hit_ms."""
+        text, spatial = self.answerer.text_tokens(job.question), scene.num_tokens
+        L, policy = self.answerer.num_layers, self.policy
+        if job.latency_budget_ms > 0:
+            spent_ms = (time.monotonic() - job.accepted_at) * 1e3
+            decision = self.budget.decide(job.latency_budget_ms - spent_ms, text, spatial, job.max_new_tokens)
+            policy = self.answerer.policy(decision.policy_text)
+        if str(policy) == str(self.cache.policy):
+            return prefix_ms + hit_ms
+        counts = planned_tokens_per_layer(policy, L, text, spatial) or [text + spatial] * L
+        return self.budget.predict_counts(counts, job.max_new_tokens, policy.pre and policy.pre.method)[1]
+
     def _learn(self, result, decision, policy: GatingPolicy) -> None:
         """Every answer refines the cost model; a budgeted one also scores the prediction."""
-        if self.budget is None or not result.tokens_per_layer:
+        if self.budget is None or not result.token_ids:
             return
         cost = self.budget.cost
         generated = len(result.token_ids)
+        if result.prefix_reused:  # the question's tokens against the cached prefix
+            m = result.text_tokens + result.spatial_tokens_kept - result.prefix_tokens
+            features, prompt = extend_features(cost.shape, m, result.prefix_tokens), result.prefix_tokens + m
+        else:
+            features, prompt = prefill_features(cost.shape, result.tokens_per_layer), np.mean(result.tokens_per_layer)
         cost.add(
-            Observation(
-                prefill_features(cost.shape, result.tokens_per_layer),
-                result.prefill_ms,
-                max(generated - 1, 0),
-                float(np.mean(result.tokens_per_layer)) + generated / 2,
-                result.decode_ms,
-            )
+            Observation(features, result.prefill_ms, max(generated - 1, 0), prompt + generated / 2, result.decode_ms)
         )
-        cost.add_vision_time(result.vision_ms)
-        if policy.pre is not None:
-            cost.add_selection_time(policy.pre.method, result.selection_ms)
+        if not result.prefix_reused:  # a hit runs neither vision nor a selection
+            cost.add_vision_time(result.vision_ms)
+            if policy.pre is not None:
+                cost.add_selection_time(policy.pre.method, result.selection_ms)
         if decision is not None:
             cost.record_error(decision.predicted_model_ms, result.prefill_ms + result.decode_ms)
 
@@ -181,6 +309,8 @@ def warmup_sweep(
             for ratio in (1.0, 0.5, 0.25, 0.1):
                 policy = parse_gating('none' if ratio == 1.0 else budget_schedule(L, ratio), L)
                 ids, pre, decode_ms = gated.generate(embeds, mask, policy, new_tokens)
+                if ratio == 1.0:
+                    dense_caches = pre.caches
                 cost.add(
                     Observation(
                         prefill_features(cost.shape, pre.tokens_per_layer),
@@ -190,6 +320,13 @@ def warmup_sweep(
                         decode_ms,
                     )
                 )
+            # the cache-hit path: a question's tokens against the dense prompt's cache
+            question = embeds[:, : text_tokens // 4]  # [1, m, d]
+            cached = dense_caches[0].n
+            start = now(model.device)
+            gated.extend(question, dense_caches)
+            extend_ms = (now(model.device) - start) * 1e3
+            cost.add(Observation(extend_features(cost.shape, question.shape[1], cached), extend_ms, 0, 0.0, 0.0))
         # the typical query sees one new keyframe: the vision tower on one view
         images = torch.zeros(1, model.image_size, model.image_size, 3, dtype=torch.uint8)
         start = now(model.device)
@@ -243,6 +380,7 @@ class QueryEngine:
         """Stop the worker (after the queued queries) and free the model, and GPU memory."""
         self.worker.stop()
         on_cuda = self.answerer.device.type == 'cuda'
+        self.pipeline.cache.clear()
         self.pipeline = None
         gc.collect()
         if on_cuda:
@@ -302,14 +440,16 @@ def build_engine(config: Dict[str, object]) -> QueryEngine:
             frontier_gatings(load_profile(model_path)) if config['gating'].partition('~')[0].strip() == 'auto' else (),
         ),
         Admission(config['require_scene'], config['max_point_distance_m'], config['fixed_frame']),
+        PrefixCacheConfig.from_parameters(config, policy),
     )
-    engine = QueryEngine(
-        pipeline,
-        QueryWorker(pipeline.answer, capacity=config['queue_size']),
-        model_path,
-        str(policy),
-        QueryLimits.from_parameters(config),
+    worker = QueryWorker(
+        pipeline.answer,
+        capacity=config['queue_size'],
+        answer_batch=pipeline.answer_batch,
+        max_batch=config['max_batch_size'],
+        on_idle=lambda: pipeline.refresh(worker.next_waiting),
     )
+    engine = QueryEngine(pipeline, worker, model_path, str(policy), QueryLimits.from_parameters(config))
     if config['warmup']:
         frontend.warmup()
 

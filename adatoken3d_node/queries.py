@@ -288,6 +288,7 @@ class QueryWorker:
     def _run_jobs(self, jobs: List[QueryJob]) -> None:
         started = time.monotonic()
         pending = {id(job): job for job in jobs}
+        started_at = {}  # id(job) -> when it started alone, for one answered after its batch
 
         def finish(job: QueryJob, outcome: QueryOutcome) -> None:
             if pending.pop(id(job), None) is None:
@@ -296,7 +297,7 @@ class QueryWorker:
             report = outcome.report
             report.query_id = job.query_id
             report.latency_budget_ms = job.latency_budget_ms
-            report.queue_ms = (started - job.accepted_at) * 1e3
+            report.queue_ms = (started_at.get(id(job), started) - job.accepted_at) * 1e3
             report.total_ms = (finished - job.accepted_at) * 1e3
             report.deadline_met = job.latency_budget_ms <= 0 or report.total_ms <= job.latency_budget_ms
             try:
@@ -320,6 +321,7 @@ class QueryWorker:
                 pass  # what the batch did not finish is answered one at a time, each with its own error
         for job in runnable:  # alone, or what a batch left
             if id(job) in pending:
+                started_at[id(job)] = time.monotonic()
                 try:
                     outcome = self._answer(job)
                 except Exception as error:  # the worker must survive any query

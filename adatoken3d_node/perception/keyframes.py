@@ -10,9 +10,11 @@ Pose distance (eviction): translation in metres + `metres_per_radian` x rotation
 centres/orientations in the fixed frame.
 """
 
+import collections
 import dataclasses
 import math
 import threading
+import time
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -106,6 +108,8 @@ class KeyframeMemory:
         self._lock = threading.Lock()
         self._views = []  # kept views, oldest first (stamps never decrease: older offers are skipped)
         self._offered = self._kept = self._evicted = 0
+        self._revision = 0  # + 1 whenever the kept views change
+        self._changed_at = collections.deque(maxlen=256)  # time.monotonic() of the latest revisions
 
     def decide(self, pose: np.ndarray, stamp_ns: int) -> str:
         """What offer() would answer for a view with this pose and stamp, storing nothing: lets the
@@ -154,6 +158,7 @@ class KeyframeMemory:
                 )
             )
             self._kept += 1
+            self._changed()
             if len(self._views) > p.max_views:
                 del self._views[self._most_redundant()]
                 self._evicted += 1
@@ -187,6 +192,25 @@ class KeyframeMemory:
         """Forget all views (e.g. time jumped backwards in a looped bag). Counters keep counting."""
         with self._lock:
             self._views.clear()
+            self._changed()
+
+    def _changed(self) -> None:
+        self._revision += 1
+        self._changed_at.append(time.monotonic())
+
+    @property
+    def revision(self) -> int:
+        """How many times the kept views changed: a snapshot taken at revision r is current while it is r."""
+        return self._revision
+
+    def changed_since(self, revision: int) -> Optional[float]:
+        """time.monotonic() of the first change after `revision` (how long a snapshot of it has been out
+        of date), None if there was none; -inf when that change is too old to be remembered."""
+        with self._lock:
+            if revision >= self._revision:
+                return None
+            back = self._revision - revision  # the change to revision + 1 is this many entries from the end
+            return self._changed_at[-back] if back <= len(self._changed_at) else float('-inf')
 
     def __len__(self) -> int:
         with self._lock:

@@ -46,6 +46,7 @@ def start_node_with_scene(root, model, namespace, gating='none'):
         tf_timeout_s=1.0,
         budget_min_keep_ratio=0.1,
         gating=gating,
+        prefix_cache=False,  # the recompute path: a cached scene prefix would answer these repeated questions
     )
     params = root / f'{namespace}.yaml'
     params.write_text(yaml.safe_dump({'/**': {'ros__parameters': values}}))

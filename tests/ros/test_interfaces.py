@@ -29,6 +29,8 @@ METRICS_FIELDS = {
     'flops_reduction': 'float',
     'gating': 'string',
     'scene_stamp': 'builtin_interfaces/Time',
+    'prefix_reused': 'boolean',
+    'scene_age_ms': 'float',
 }
 REQUEST_FIELDS = {'question': 'string', 'latency_budget_ms': 'float', 'max_new_tokens': 'uint32'}
 RESPONSE_FIELDS = {

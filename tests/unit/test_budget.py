@@ -87,3 +87,21 @@ def test_planned_counts_are_what_the_policy_keeps():
     assert counts == [130, 130, 50, 50]
     assert budget.planned_tokens_per_layer(parse_gating('none', 4), 4, 30, 400) == [430] * 4
     assert budget.planned_tokens_per_layer(parse_gating('voxel:0.4', 4), 4, 30, 400) is None
+
+
+def test_a_cached_scene_prefix_is_taken_when_it_fits_and_when_it_is_least_late():
+    shape = LlamaShape(hidden=64, intermediate=176, num_layers=8, num_heads=4, num_kv_heads=4, head_dim=16, vocab=100)
+    cost = budget.CostModel(shape)
+    cost.prefill_coef = np.array([1000.0, 1000.0, 0.0, 0.0])  # 1 ms per MFLOP
+    controller = budget.BudgetController(cost, min_keep_ratio=0.1)
+    dense_ms, _ = controller.predict(1.0, 50, 1000, 1)
+    hit_ms = controller.predict_hit(20, 1030, 1)
+    assert hit_ms == cost.extend_ms(20, 1030) and 0 < hit_ms * 10 < dense_ms
+    # the hit's FLOPs are extend_flops: the features' two parts add up to them
+    features = budget.extend_features(shape, 20, 1030)
+    assert np.isclose((features[0] + features[1]) * 1e9, budget.extend_flops(shape, 20, 1030))
+    roomy = controller.decide(10 * dense_ms, 50, 1000, 1, cached_tokens=1030, question_tokens=20)
+    assert roomy.reuse_prefix and roomy.fits and roomy.policy_text == 'none' and roomy.predicted_ms == hit_ms
+    late = controller.decide(hit_ms / 2, 50, 1000, 1, cached_tokens=1030, question_tokens=20)
+    assert late.reuse_prefix and not late.fits  # even the pruning floor would be later
+    assert not controller.decide(10 * dense_ms, 50, 1000, 1).reuse_prefix  # nothing cached
