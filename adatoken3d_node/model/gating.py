@@ -616,19 +616,25 @@ def shared_prefix_attention(
     # prefix: [Hkv, B*G*m, hd] @ [Hkv, hd, P]
     folded = qg.transpose(0, 1).reshape(Hkv, B * G * m, hd)
     s_p = (folded @ shared_k[0].float().transpose(1, 2)) * scale  # [Hkv, B*G*m, P]
-    lse_p = s_p.logsumexp(-1, keepdim=True)
-    out_p = (s_p - lse_p).exp() @ shared_v[0].float()  # [Hkv, B*G*m, hd]
+    out_p, lse_p = _softmax_weighted(s_p, shared_v[0].float())  # [Hkv, B*G*m, hd], [Hkv, B*G*m, 1]
     out_p = out_p.reshape(Hkv, B, G * m, hd).transpose(0, 1)  # [B, Hkv, G*m, hd]
     lse_p = lse_p.reshape(Hkv, B, G * m, 1).transpose(0, 1)
     # own keys: [B, Hkv, G*m, hd] @ [B, Hkv, hd, n]
     s_o = (qg @ k.float().transpose(2, 3)) * scale  # [B, Hkv, G*m, n]
     visible = mask[:, :, None].expand(B, 1, G, m, mask.shape[-1]).reshape(B, 1, G * m, -1)
-    s_o = s_o.masked_fill(~visible, float("-inf"))
-    lse_o = s_o.logsumexp(-1, keepdim=True)  # -inf where a (padding) row sees none of its own keys
-    out_o = (s_o - lse_o).exp().nan_to_num(0.0) @ v.float()
+    out_o, lse_o = _softmax_weighted(s_o.masked_fill(~visible, float("-inf")), v.float())
     lse = torch.logaddexp(lse_p, lse_o)
     out = out_p * (lse_p - lse).exp() + out_o * (lse_o - lse).exp()  # [B, Hkv, G*m, hd]
     return out.reshape(B, H, m, hd).to(q.dtype)
+
+
+def _softmax_weighted(s: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(s) @ v and logsumexp(s) (keepdim) with one exp pass; a row of only -inf gives 0 and -inf."""
+    top = s.amax(-1, keepdim=True)
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    e = (s - top).exp_()
+    total = e.sum(-1, keepdim=True)
+    return ((e @ v) / total).nan_to_num_(0.0), top + total.log()
 
 
 def check_sampling(max_new_tokens: int, temperature: float, top_p: float) -> None:
