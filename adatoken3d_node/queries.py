@@ -120,6 +120,7 @@ def resolve_request(
 
 
 NOT_ACCEPTING = 'the node is not active (lifecycle state); activate it to ask questions'
+_STOP = object()  # queued by stop(): the worker ends after what is before it
 
 
 class QueryWorker:
@@ -149,7 +150,7 @@ class QueryWorker:
         self._idle_period_s = idle_period_s
         self._held = collections.deque()  # taken from the queue behind a batch, to run next
         self._open = False
-        self._queue: 'queue.Queue' = queue.Queue(maxsize=capacity)  # QueryJob, a call() or None (stop)
+        self._queue: 'queue.Queue' = queue.Queue(maxsize=capacity)  # QueryJob, a call() or _STOP
         self._capacity = capacity
         self._submit_lock = threading.Lock()
         self._seq = itertools.count(1)
@@ -242,7 +243,7 @@ class QueryWorker:
 
     def stop(self, timeout: float = 30.0) -> None:
         """Finish the queued queries, then end the thread."""
-        self._queue.put(None)
+        self._queue.put(_STOP)
         self._thread.join(timeout)
 
     def next_waiting(self) -> Optional[object]:
@@ -268,7 +269,7 @@ class QueryWorker:
     def _run(self) -> None:
         while True:
             job = self._next()
-            if job is None:
+            if job is _STOP:
                 return
             if not isinstance(job, QueryJob):  # a call() from the node, e.g. the warm-up
                 job()

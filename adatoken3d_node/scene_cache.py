@@ -97,5 +97,5 @@ class ScenePrefixCache:
             'prefix_cache.tokens': str(prefix.num_tokens if prefix else 0),
             'prefix_cache.views': str(prefix.scene.num_views if prefix else 0),
             'prefix_cache.memory_mb': f'{prefix.nbytes / 2**20:.1f}' if prefix else '0.0',
-            'prefix_cache.gating': self.policy.__str__(),
+            'prefix_cache.gating': str(self.policy),
         }
