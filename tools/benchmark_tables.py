@@ -406,6 +406,77 @@ def selection(result: dict) -> list:
     return ['## Selection overhead', provenance(result, 'selection'), intro, table(header, rows)]
 
 
+def prefix_cache(result: dict) -> list:
+    models = result['models']
+    intro = (
+        'Per question, side by side through the node\'s answer path with one new token: the whole prompt\'s '
+        f'dense prefill, the best pruned policy (`{result["pruned_policy"]}`), and a hit on the cached scene '
+        "prefix (only the question's tokens prefilled). Time to first token is the wall clock of that call "
+        "(medians; the views' CLIP features already cached, as the node has them); FLOPs as counted "
+        f'(means). {result["seconds"]:.0f} s.'
+    )
+    header = [
+        'model',
+        'spatial tokens',
+        'first token: dense / pruned / hit (ms)',
+        'hit vs dense',
+        'prefill FLOPs: dense / pruned / hit',
+        'dense / hit FLOPs',
+        'hit vs pruned: time, FLOPs',
+        'prefix: build ms, MB',
+    ]
+    rows = []
+    for name, m in models.items():
+        d, p, h = m['dense'], m['pruned'], m['hit']
+        rows.append(
+            [
+                f'{name}: {m["model"]}',
+                f'{m["spatial_tokens_mean"]:.0f}',
+                f'{d["ttft_ms_median"]:.1f} / {p["ttft_ms_median"]:.1f} / {h["ttft_ms_median"]:.1f}',
+                f'**{m["hit_vs_dense"]["ttft_speedup"]:.1f}x** faster',
+                f'{sci(d["prefill_flops_mean"])} / {sci(p["prefill_flops_mean"])} / {sci(h["prefill_flops_mean"])}',
+                f'**{m["hit_vs_dense"]["prefill_flops_ratio"]:.0f}x**',
+                f'{m["hit_vs_pruned"]["ttft_speedup"]:.1f}x, {m["hit_vs_pruned"]["prefill_flops_ratio"]:.1f}x',
+                f'{m["prefix_build_ms_median"]:.0f}, {m["prefix_memory_mb"]:.1f}',
+            ]
+        )
+    first = table(header, rows)
+    intro2 = (
+        'Throughput of Q questions queued on one snapshot: answered as one batch on the prefix '
+        '(`answer_batch`: one batched prefill of the questions, batched decoding, the prefix read once per '
+        'step for all of them), one at a time on the prefix, and one at a time recomputed densely (the node '
+        f'before the cache); {next(iter(models.values()))["throughput_max_new_tokens"]} new tokens at most each, '
+        'answers per second.'
+    )
+    header = [
+        'model',
+        'Q',
+        'batched',
+        'one at a time, prefix',
+        'one at a time, recomputed',
+        'batched vs one at a time on the prefix',
+        'batched vs recomputed',
+        'same answers',
+    ]
+    rows = []
+    for name, m in models.items():
+        for q, t in m['throughput'].items():
+            a = t['answers_per_s']
+            rows.append(
+                [
+                    name,
+                    q,
+                    f'{a["batched"]:.1f}',
+                    f'{a["one_at_a_time_on_prefix"]:.1f}',
+                    f'{a["one_at_a_time_recomputed"]:.2f}',
+                    f'{t["batched_vs_one_at_a_time_on_prefix"]:.2f}x',
+                    f'{t["batched_vs_recomputed"]:.1f}x',
+                    'yes' if t['batched_equals_one_at_a_time'] else '**no**',
+                ]
+            )
+    return ['## Scene prefix cache', provenance(result, 'prefix_cache'), intro, first, intro2, table(header, rows)]
+
+
 def render() -> str:
     parts = [HEADER]
     parts += queries(load('query')) + perception(load('perception')) + gating(load('gating'))
@@ -414,6 +485,7 @@ def render() -> str:
     for name, split in result.get('splits', {}).items():
         parts += split_accuracy(name, split)
     parts += selection(load('selection'))
+    parts += prefix_cache(load('prefix_cache'))
     return '\n\n'.join(parts) + '\n'
 
 
