@@ -69,6 +69,7 @@ bench: setup
 	$(PY) -m benchmarks.bench_gating
 	$(PY) -m benchmarks.bench_accuracy
 	$(PY) -m benchmarks.bench_selection
+	$(PY) -m benchmarks.bench_prefix_cache
 
 # Retrain the shipped model from scratch (seeded), calibrate its gating profile, reinstall.
 train-tiny: $(VENV)/.stamp-interfaces
