@@ -135,19 +135,27 @@ def test_questions_waiting_together_are_answered_in_one_batch_as_one_at_a_time(l
     alone = {q: client.query(q, max_new_tokens=6, timeout=TIMEOUT) for q in QUESTIONS}
     assert all(r.success and r.metrics.prefix_reused for r in alone.values())
     # hold the worker in a long answer, queue the questions behind it, then cancel it: they go as one batch
-    feedback = []
+    feedback, streamed = [], []
     holder = client.send_goal('Describe everything.', max_new_tokens=512, on_feedback=feedback.append)
     client.wait_until(lambda: len(feedback) > 0, TIMEOUT, 'the long answer to start')
-    futures = [client.query_async(q, max_new_tokens=6) for q in QUESTIONS * 2]
-    client.wait_until(lambda: diagnostic(client, 'queue_depth') == 1 + len(futures), TIMEOUT, 'the questions queued')
+    asked = QUESTIONS * 2
+    futures = [client.query_async(q, max_new_tokens=6) for q in asked[:-1]]
+    goal = client.send_goal(asked[-1], max_new_tokens=6, on_feedback=streamed.append)  # an ~/ask in the batch
+    client.wait_until(lambda: diagnostic(client, 'queue_depth') == 1 + len(asked), TIMEOUT, 'the questions queued')
     client.cancel(holder)
     status, _ = client.result(holder, TIMEOUT)
     responses = [client._result(f, TIMEOUT, 'batched answer') for f in futures]
-    assert status == GoalStatus.STATUS_CANCELED
+    goal_status, goal_result = client.result(goal, TIMEOUT)
+    responses.append(goal_result)
+    assert status == GoalStatus.STATUS_CANCELED and goal_status == GoalStatus.STATUS_SUCCEEDED
     assert all(r.success for r in responses), [r.error for r in responses]
     assert all('batch of 8' in r.metrics.gating and r.metrics.prefix_reused for r in responses)
-    assert [r.answer for r in responses] == [alone[q].answer for q in QUESTIONS * 2]
-    assert [r.metrics.generated_tokens for r in responses] == [alone[q].metrics.generated_tokens for q in QUESTIONS * 2]
+    assert [r.answer for r in responses] == [alone[q].answer for q in asked]
+    assert [r.metrics.generated_tokens for r in responses] == [alone[q].metrics.generated_tokens for q in asked]
+    # the goal streamed its own answer, token by token, while batched
+    client.wait_until(lambda: len(streamed) >= goal_result.metrics.generated_tokens, TIMEOUT, 'its feedback')
+    assert [f.generated_tokens for f in streamed] == list(range(1, goal_result.metrics.generated_tokens + 1))
+    assert streamed[-1].partial_answer == goal_result.answer
 
 
 def test_a_flood_of_questions_on_one_scene_loses_none(live):

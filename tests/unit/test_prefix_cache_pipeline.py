@@ -215,3 +215,14 @@ def test_the_cache_is_on_where_something_can_use_it(engine, gating, budget_ms, e
     values = config(gating=gating, latency_budget_ms=budget_ms)
     assert PrefixCacheConfig.from_parameters(values, policy).enabled is enabled
     assert not PrefixCacheConfig.from_parameters(config(gating=gating, prefix_cache=False), policy).enabled
+
+
+def test_cleanup_frees_the_cached_prefix(random_model):
+    built = build_engine(config(model_path=str(random_model), warmup=False, prefix_refresh=False))
+    add_floor_view(built.frontend)
+    built.worker.open()
+    ask(built, QUESTIONS[0])
+    cache = built.pipeline.cache
+    assert cache.prefix is not None and cache.prefix.nbytes > 0
+    built.release()
+    assert cache.prefix is None
