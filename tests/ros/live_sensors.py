@@ -1,5 +1,6 @@
 """Publishing sensor data into a node under test: stamped headers, TF links, publishers that wait for the node."""
 
+import contextlib
 import time
 
 from geometry_msgs.msg import TransformStamped
@@ -8,6 +9,10 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from tf2_msgs.msg import TFMessage
 
 from adatoken3d_node import names
+from adatoken3d_node.client import NodeProcess, QueryClient
+from conftest import write_params
+
+CAMERA = ('color_image', 'color_info', 'depth_image', 'depth_info')
 
 SENSOR_TYPES = {
     'color_image': Image,
@@ -51,3 +56,21 @@ def sensor_publishers(client, namespace: str, keys, timeout: float, tf: bool = F
     )
     client.wait_for_inputs(made, timeout)  # and the node's side to match them: data sent before is dropped
     return made
+
+
+@contextlib.contextmanager
+def live_node(root, model, namespace: str, timeout: float, **overrides):
+    """A node on `model` (parameters: the defaults with these overrides) in its own process, and reliable
+    publishers into its RGB-D topics and /tf, matched both ways -> (client, node, publishers)."""
+    params = write_params(root / f'{namespace}.yaml', **overrides)
+    node = NodeProcess(
+        [f'namespace:={namespace}', f'model_path:={model}', f'params_file:={params}'],
+        log_path=str(root / f'{namespace}.log'),
+    ).start()
+    client = QueryClient(namespace=namespace, name=f'{namespace}_client')
+    try:
+        client.wait_for_node(timeout=timeout)
+        yield client, node, sensor_publishers(client, namespace, CAMERA, timeout, tf=True)
+    finally:
+        client.close()
+        node.stop()

@@ -5,18 +5,15 @@ import time
 
 import numpy as np
 import pytest
-import yaml
 
 rclpy = pytest.importorskip('rclpy', reason='needs rclpy (make test installs it)')
 
 from lifecycle_msgs.msg import State  # noqa: E402
 from lifecycle_msgs.srv import GetState  # noqa: E402
-from live_sensors import sensor_publishers, stamped, tf_link, throttled_lines  # noqa: E402
+from live_sensors import live_node, stamped, tf_link, throttled_lines  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from tf2_msgs.msg import TFMessage  # noqa: E402
 
-from adatoken3d_node import parameters  # noqa: E402
-from adatoken3d_node.client import NodeProcess, QueryClient  # noqa: E402
 from adatoken3d_node.node import REFUSAL_LOG_PERIOD_S  # noqa: E402
 from adatoken3d_node.stats import PROBLEM_LOG_PERIOD_S  # noqa: E402
 
@@ -37,23 +34,9 @@ def good_depth(stamp, values=None):
 @pytest.fixture(scope='module')
 def rig(random_model, tmp_path_factory):
     root = tmp_path_factory.mktemp('bad')
-    values = parameters.defaults()
-    values.update(keyframe_min_translation_m=0.0, keyframe_min_rotation_deg=0.0, tf_timeout_s=0.2)
-    (root / 'params.yaml').write_text(yaml.safe_dump({'/**': {'ros__parameters': values}}))
-    node = NodeProcess(
-        ['namespace:=bad', f'model_path:={random_model}', f'params_file:={root / "params.yaml"}'],
-        log_path=str(root / 'node.log'),
-    ).start()
-    client = QueryClient(namespace='bad', name='bad_client')
-    try:
-        client.wait_for_node(timeout=TIMEOUT)
-        pubs = sensor_publishers(
-            client, 'bad', ('color_image', 'color_info', 'depth_image', 'depth_info'), TIMEOUT, tf=True
-        )
-        yield client, node, pubs
-    finally:
-        client.close()
-        node.stop()
+    overrides = dict(keyframe_min_translation_m=0.0, keyframe_min_rotation_deg=0.0, tf_timeout_s=0.2)
+    with live_node(root, random_model, 'bad', TIMEOUT, **overrides) as rig:
+        yield rig
 
 
 def send(pubs, stamp, colour=None, depth=None, info=None, tf_stamp=None):

@@ -9,15 +9,13 @@ import pytest
 rclpy = pytest.importorskip('rclpy', reason='needs rclpy (make test installs it)')
 
 from action_msgs.msg import GoalStatus  # noqa: E402
-from live_sensors import sensor_publishers, stamped, tf_link  # noqa: E402
+from live_sensors import live_node, stamped, tf_link  # noqa: E402
 from replay_helpers import TOPICS, replay  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from tf2_msgs.msg import TFMessage  # noqa: E402
 
 from adatoken3d_lab.bags import write_rgbd_bag  # noqa: E402
 from adatoken3d_lab.synthetic import make_scene, orbit_frames  # noqa: E402
-from adatoken3d_node.client import NodeProcess, QueryClient  # noqa: E402
-from conftest import write_params  # noqa: E402
 
 W, H, TIMEOUT = 160, 120, 120.0
 K = [100.0, 0.0, 79.5, 0.0, 100.0, 59.5, 0.0, 0.0, 1.0]
@@ -58,19 +56,8 @@ def test_repeated_questions_on_a_replayed_scene_hit_the_cache_and_answer_as_with
 def live(random_model, tmp_path_factory):
     """A node with the cache and its refresh on (the defaults) and publishers into it; -> (client, node, send)."""
     root = tmp_path_factory.mktemp('prefix_live')
-    params = write_params(
-        root / 'params.yaml', keyframe_min_translation_m=0.0, keyframe_min_rotation_deg=0.0, queue_size=64
-    )
-    node = NodeProcess(
-        ['namespace:=prefix_live', f'model_path:={random_model}', f'params_file:={params}'],
-        log_path=str(root / 'node.log'),
-    ).start()
-    client = QueryClient(namespace='prefix_live', name='prefix_live_client')
-    try:
-        client.wait_for_node(timeout=TIMEOUT)
-        pubs = sensor_publishers(
-            client, 'prefix_live', ('color_image', 'color_info', 'depth_image', 'depth_info'), TIMEOUT, tf=True
-        )
+    overrides = dict(keyframe_min_translation_m=0.0, keyframe_min_rotation_deg=0.0, queue_size=64)
+    with live_node(root, random_model, 'prefix_live', TIMEOUT, **overrides) as (client, node, pubs):
         views = [0]
 
         def send_view():
@@ -95,9 +82,6 @@ def live(random_model, tmp_path_factory):
             return i
 
         yield client, node, send_view
-    finally:
-        client.close()
-        node.stop()
 
 
 def diagnostic(client, key) -> int:
