@@ -2,22 +2,20 @@
 artificial slow-down), a scene of ~1500 spatial tokens published live over DDS, and queries with budgets
 that dense inference misses."""
 
+import contextlib
 import json
 import math
 import statistics
 
 import numpy as np
 import pytest
-import yaml
 
 rclpy = pytest.importorskip('rclpy', reason='needs rclpy (make test installs it)')
 
-from live_sensors import sensor_publishers, stamped, tf_link  # noqa: E402
+from live_sensors import live_node, stamped, tf_link  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from tf2_msgs.msg import TFMessage  # noqa: E402
 
-from adatoken3d_node import parameters  # noqa: E402
-from adatoken3d_node.client import NodeProcess, QueryClient  # noqa: E402
 from adatoken3d_lab.random_checkpoint import create_random_llava3d  # noqa: E402
 
 MEDIUM = dict(
@@ -33,10 +31,10 @@ K = [100.0, 0.0, 79.5, 0.0, 100.0, 59.5, 0.0, 0.0, 1.0]
 QUESTION = 'Describe the room.'
 
 
-def start_node_with_scene(root, model, namespace, gating='none'):
-    """A node on `model` (gating as given) and the scene published to it; -> (client, node)."""
-    values = parameters.defaults()
-    values.update(
+@contextlib.contextmanager
+def node_with_scene_of(root, model, namespace, gating='none'):
+    """A node on `model` (gating as given) with the scene published to it -> (client, node)."""
+    overrides = dict(
         keyframe_min_translation_m=0.0,
         keyframe_min_rotation_deg=0.0,
         max_views=VIEWS,
@@ -48,18 +46,7 @@ def start_node_with_scene(root, model, namespace, gating='none'):
         gating=gating,
         prefix_cache=False,  # the recompute path: a cached scene prefix would answer these repeated questions
     )
-    params = root / f'{namespace}.yaml'
-    params.write_text(yaml.safe_dump({'/**': {'ros__parameters': values}}))
-    node = NodeProcess(
-        [f'namespace:={namespace}', f'model_path:={model}', f'params_file:={params}'],
-        log_path=str(root / f'{namespace}.log'),
-    ).start()
-    client = QueryClient(namespace=namespace, name=f'{namespace}_client')
-    try:
-        client.wait_for_node(timeout=TIMEOUT)
-        pubs = sensor_publishers(
-            client, namespace, ('color_image', 'color_info', 'depth_image', 'depth_info'), TIMEOUT, tf=True
-        )
+    with live_node(root, model, namespace, TIMEOUT, **overrides) as (client, node, pubs):
         rng = np.random.default_rng(0)
         for i in range(VIEWS):  # a camera moving along x, looking at random surfaces 1-5 m away
             stamp = (i + 1) * 10**9
@@ -78,11 +65,7 @@ def start_node_with_scene(root, model, namespace, gating='none'):
                 lambda: client.latest_diagnostics().get('views.views_kept') == str(i + 1), TIMEOUT, f'view {i + 1} kept'
             )
         client.wait_until(lambda: client.latest_diagnostics().get('scene.views') == str(VIEWS), TIMEOUT, 'the scene')
-    except BaseException:
-        client.close()
-        node.stop()
-        raise
-    return client, node
+        yield client, node
 
 
 @pytest.fixture(scope='module')
@@ -94,12 +77,8 @@ def medium_model(tmp_path_factory):
 @pytest.fixture(scope='module')
 def node_with_scene(medium_model):
     root, model = medium_model
-    client, node = start_node_with_scene(root, model, 'budget')
-    try:
+    with node_with_scene_of(root, model, 'budget') as (client, node):
         yield client, node, model
-    finally:
-        client.close()
-        node.stop()
 
 
 def kept_share(response):
@@ -164,20 +143,18 @@ def test_gating_auto_runs_the_profile_s_pick_and_budgets_pick_on_its_frontier(me
     ]
     profile = {'schedule': 'schedule:2:0.5', 'auto': {'gating': FRONTIER[0]}, 'frontier': points}
     (model / PROFILE_NAME).write_text(json.dumps(profile))
-    client, node = start_node_with_scene(root, model, 'budget_auto', gating='auto')
     try:
-        plain = client.query(QUESTION, timeout=TIMEOUT)
-        assert plain.success and plain.metrics.gating == FRONTIER[0]
-        assert plain.metrics.spatial_tokens == 1500 and plain.metrics.spatial_tokens_kept == 750
-        # no time at all: the most pruned frontier point at or above budget_min_keep_ratio (0.1), answered late
-        late = client.query(QUESTION, latency_budget_ms=1.0, timeout=TIMEOUT)
-        assert late.success and not late.metrics.deadline_met
-        assert 'floor' in late.metrics.gating and late.metrics.gating.endswith(FRONTIER[2])
-        assert late.metrics.spatial_tokens_kept == 150
-        # plenty of time: dense
-        roomy = client.query(QUESTION, latency_budget_ms=60_000.0, timeout=TIMEOUT)
-        assert roomy.success and roomy.metrics.deadline_met and roomy.metrics.gating.endswith('none')
+        with node_with_scene_of(root, model, 'budget_auto', gating='auto') as (client, node):
+            plain = client.query(QUESTION, timeout=TIMEOUT)
+            assert plain.success and plain.metrics.gating == FRONTIER[0]
+            assert plain.metrics.spatial_tokens == 1500 and plain.metrics.spatial_tokens_kept == 750
+            # no time at all: the most pruned frontier point at or above budget_min_keep_ratio (0.1), late
+            late = client.query(QUESTION, latency_budget_ms=1.0, timeout=TIMEOUT)
+            assert late.success and not late.metrics.deadline_met
+            assert 'floor' in late.metrics.gating and late.metrics.gating.endswith(FRONTIER[2])
+            assert late.metrics.spatial_tokens_kept == 150
+            # plenty of time: dense
+            roomy = client.query(QUESTION, latency_budget_ms=60_000.0, timeout=TIMEOUT)
+            assert roomy.success and roomy.metrics.deadline_met and roomy.metrics.gating.endswith('none')
     finally:
-        client.close()
-        node.stop()
         (model / PROFILE_NAME).unlink()
