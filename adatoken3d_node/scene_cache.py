@@ -22,7 +22,8 @@ class PrefixCacheConfig:
     refresh: bool = True  # prefill a changed scene's prefix while no question waits
     refresh_min_interval_ms: float = 200.0
     max_scene_age_ms: float = 0.0  # how long after the scene memory changed a prefix may still be used
-    reserve_tokens: int = 64  # room after the prefix in each cache, for a question and its answer
+    # room after the prefix in each cache for a question and its answer; a longer one grows it once
+    reserve_tokens: int = 96
 
     @classmethod
     def from_parameters(cls, config, policy: GatingPolicy) -> 'PrefixCacheConfig':
@@ -34,7 +35,7 @@ class PrefixCacheConfig:
             config['prefix_refresh'],
             config['prefix_refresh_min_interval_ms'],
             config['max_scene_age_ms'],
-            64 + config['max_new_tokens_limit'],
+            64 + config['max_new_tokens'],
         )
 
 

@@ -114,9 +114,7 @@ class LayerCache:
         """Add m tokens' k, v [1, Hkv, m, hd]; return the whole cache [1, Hkv, n+m, hd]."""
         m = k.shape[2]
         if self.n + m > self._k.shape[2]:
-            grow = max(self.n, 16, m)
-            self._k = torch.cat([self._k, self._k.new_empty(*self._k.shape[:2], grow, self._k.shape[3])], dim=2)
-            self._v = torch.cat([self._v, self._v.new_empty(*self._v.shape[:2], grow, self._v.shape[3])], dim=2)
+            self.ensure_capacity(self.n + max(self.n, 16, m))  # doubling
         self._k[:, :, self.n : self.n + m] = k
         self._v[:, :, self.n : self.n + m] = v
         self.n += m
@@ -134,6 +132,14 @@ class LayerCache:
         k = like.new_empty(batch, num_kv_heads, 0, head_dim)
         none = torch.zeros(0, dtype=torch.long, device=like.device)
         return cls(k, k, none, none, 0, reserve)
+
+    def ensure_capacity(self, total: int) -> None:
+        """Room for `total` entries, grown once to exactly that if needed (a long question or answer after
+        a cached prefix), rather than doubled by append."""
+        if total > self._k.shape[2]:
+            more = total - self._k.shape[2]
+            self._k = torch.cat([self._k, self._k.new_empty(*self._k.shape[:2], more, self._k.shape[3])], dim=2)
+            self._v = torch.cat([self._v, self._v.new_empty(*self._v.shape[:2], more, self._v.shape[3])], dim=2)
 
     def truncate(self, n: int) -> None:
         """Forget everything after the first n entries (a question's tokens after a cached prefix):

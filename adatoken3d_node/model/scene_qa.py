@@ -276,6 +276,8 @@ class SceneAnswerer:
             self._check_context(P + m, prefix.spatial_kept, max_new_tokens)
             if should_stop is not None and should_stop():
                 return self._prefix_answer(prefix, built_now, [], max_new_tokens, m, text_tokens, 0.0, 0.0)
+            for cache in prefix.caches:
+                cache.ensure_capacity(P + m + max_new_tokens)
             try:
                 start = now(self.device)
                 logits = self.gated.extend(suffix, prefix.caches)  # [1, V]

@@ -139,3 +139,14 @@ def test_shared_prefix_attention_is_attention_over_prefix_and_own_keys(heads, kv
         q, whole_k, whole_v, attn_mask=whole_mask, enable_gqa=True, scale=0.35
     )
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_a_question_and_answer_longer_than_the_reserve_grow_the_prefix_once(answerer, scene):  # noqa: F811
+    small = answerer.build_prefix(scene, answerer.policy("none"), reserve=2)
+    long_question = "Describe " + "the big red box and " * 6 + "the chair?"
+    dense = answerer.answer(long_question, scene, answerer.policy("none"), N)
+    cached = answerer.answer_on_prefix(long_question, small, N)
+    assert cached.token_ids == dense.token_ids
+    m = dense.tokens_per_layer[0] - small.num_tokens
+    assert all(cache._k.shape[2] == small.num_tokens + m + N for cache in small.caches)  # exactly, not doubled
+    assert all(cache.n == small.num_tokens for cache in small.caches)
