@@ -1,7 +1,9 @@
 """Choosing how hard to prune so that an answer fits a latency budget. ROS-free.
 
-A query's time is   queue (already spent) + scene + vision + prefill(kept tokens) + decode(max_new_tokens).
-The cost model predicts each term for the loaded model on this device:
+A query's time is   queue (already spent) + scene + vision + prefill(kept tokens) + decode(n tokens),
+n = the answer length planned for: the 90th percentile of the recent answers' lengths, capped by the
+request's max_new_tokens (which it is until 8 answers were seen). The cost model predicts each term
+for the loaded model on this device:
 
     vision_ms                    a running mean of what was observed: CLIP runs once per new keyframe
                                  (features are cached), so it is about one view's CLIP time or less
@@ -10,11 +12,13 @@ The cost model predicts each term for the loaded model on this device:
                                  MLP grow with n, attention with n^2 and runs at another speed on most
                                  kernels; cuts = pruning layers (scoring, top-k, gathers cost a little
                                  each); one least-squares fit covers dense and every pruned shape
-    decode_ms  = n * (c + d * cache_tokens / 1000)   per generated token, cache_tokens = mean cache length
+    decode_ms  = (n - 1) * (c + d * cache_tokens / 1000)   per generated token after the first,
+                                 cache_tokens = mean cache length
 
 It is fitted at configure from a short warm-up sweep over prompt lengths (dense and pruned prefills
-of synthetic embeddings) and refitted online from every answered query (a sliding window), and its
-relative error on the prefill + decode prediction is tracked and reported.
+of synthetic embeddings, and questions against their caches: the cached-prefix path) and refitted
+online from every answered query (a sliding window). Its relative error on the prefill + decode
+prediction sets the safety margin; the error of each term is reported in /diagnostics.
 
 With a calibrated frontier (`gating: auto` and a profile that has one, calibrate.py), the controller
 picks among the frontier's policies: the least pruned whose predicted total fits the time the budget
@@ -27,14 +31,20 @@ floor does not fit, the query runs at the floor and is answered late: deadline_m
 """
 
 import collections
+import math
 import threading
 from dataclasses import dataclass
-from typing import Deque, List, Optional, Sequence, Tuple
+from typing import Deque, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .model.flops import LlamaShape, extend_flops, prefill_flops
 from .model.gating_policy import GatingPolicy, parse_gating, quarter_layers, ratio_count, selection_count, with_raters
+
+
+TERMS = ('vision', 'prefill', 'decode')  # what a prediction is made of (Prediction), errors tracked per term
+LENGTH_QUANTILE = 0.9  # of the recent answers' lengths, planned for (CostModel.planned_new_tokens)
+MIN_LENGTHS = 8  # answers seen before their lengths are trusted over max_new_tokens
 
 
 def budget_schedule(num_layers: int, keep_ratio: float, raters: str = 'last') -> str:
@@ -116,6 +126,8 @@ class CostModel:
         self._vision_ms: Optional[float] = None  # running mean of observed vision times
         self._selection_ms: dict = {}  # selection method -> running mean of its observed times
         self._errors: Deque[float] = collections.deque(maxlen=window)  # (actual - predicted) / actual
+        self._term_errors = {term: collections.deque(maxlen=window) for term in TERMS}  # |actual - predicted| ms
+        self._lengths: Deque[Tuple[int, bool]] = collections.deque(maxlen=window)  # (tokens, cut by its limit)
 
     # ---------------------------------------------------------------- fitting
     def add(self, obs: Observation) -> None:
@@ -184,10 +196,36 @@ class CostModel:
     def vision_ms(self) -> float:
         return self._vision_ms or 0.0
 
-    def record_error(self, predicted_ms: float, actual_ms: float) -> None:
-        if actual_ms > 0:
-            with self._lock:
-                self._errors.append((actual_ms - predicted_ms) / actual_ms)
+    def add_answer_length(self, tokens: int, limited: bool) -> None:
+        """An answer's generated tokens; limited: it was cut by its max_new_tokens (it would have been longer)."""
+        with self._lock:
+            self._lengths.append((tokens, limited))
+
+    def planned_new_tokens(self, max_new_tokens: int) -> int:
+        """The answer length to plan for: the 90th percentile of the recent answers' lengths, an answer cut by
+        its limit counting as max_new_tokens (it might have gone on), never more than max_new_tokens; until 8
+        answers were seen, max_new_tokens. Planning for max_new_tokens when answers are two tokens long
+        prices decoding an order of magnitude too high and prunes for nothing."""
+        with self._lock:
+            seen = list(self._lengths)
+        if len(seen) < MIN_LENGTHS:
+            return max_new_tokens
+        values = [max_new_tokens if limited else tokens for tokens, limited in seen]
+        return int(min(max_new_tokens, max(1, math.ceil(np.quantile(values, LENGTH_QUANTILE)))))
+
+    def record_error(self, predicted: 'Prediction', vision_ms: float, prefill_ms: float, decode_ms: float) -> None:
+        """A budgeted answer's measured terms against its prediction (prefill_ms with any selection's time)."""
+        actual_model = prefill_ms + decode_ms
+        with self._lock:
+            if actual_model > 0:
+                self._errors.append((actual_model - predicted.model_ms) / actual_model)
+            for term, actual, guess in zip(TERMS, (vision_ms, prefill_ms, decode_ms), predicted.terms):
+                self._term_errors[term].append(abs(actual - guess))
+
+    def term_errors_ms(self) -> Dict[str, Optional[float]]:
+        """Mean |actual - predicted| ms of each term over the recent budgeted answers."""
+        with self._lock:
+            return {term: float(np.mean(e)) if e else None for term, e in self._term_errors.items()}
 
     def mean_relative_error(self) -> Optional[float]:
         """Mean |actual - predicted| / actual of the budgeted queries' prefill + decode time."""
@@ -204,13 +242,42 @@ class CostModel:
 
 
 @dataclass(frozen=True)
+class Prediction:
+    """A query's time from the moment it is decided, by term, as the cost model predicts it (ms)."""
+
+    vision_ms: float
+    prefill_ms: float  # a selection's own time included
+    decode_ms: float
+    new_tokens: int  # the answer length planned for (CostModel.planned_new_tokens)
+
+    @property
+    def terms(self) -> Tuple[float, float, float]:
+        return self.vision_ms, self.prefill_ms, self.decode_ms
+
+    @property
+    def model_ms(self) -> float:
+        return self.prefill_ms + self.decode_ms
+
+    @property
+    def total_ms(self) -> float:
+        return self.vision_ms + self.model_ms
+
+
+@dataclass(frozen=True)
 class BudgetDecision:
     keep_ratio: float
     policy_text: str  # the schedule to run ('none' when nothing needs pruning)
-    predicted_ms: float  # predicted from now: vision + prefill + decode
-    predicted_model_ms: float  # prefill + decode part (what the error is tracked on)
+    prediction: Prediction
     fits: bool  # False: even the floor is predicted to miss the budget
     reuse_prefix: bool = False  # answer on the cached scene prefix (dense, only the question prefilled)
+
+    @property
+    def predicted_ms(self) -> float:  # from now: vision + prefill + decode
+        return self.prediction.total_ms
+
+    @property
+    def predicted_model_ms(self) -> float:  # prefill + decode
+        return self.prediction.model_ms
 
 
 class BudgetController:
@@ -226,11 +293,13 @@ class BudgetController:
         policies = [parse_gating(text, L) for text in frontier]
         self.frontier = [p for p in policies if p.has_fixed_counts]
 
-    def predict_counts(self, counts: Sequence[int], new_tokens: int, selection: Optional[str]) -> Tuple[float, float]:
-        """(vision + model ms, model ms) with counts[l] tokens entering layer l, after a selection's method."""
-        model_ms = self.cost.prefill_ms(counts) + self.cost.decode_ms(new_tokens, float(np.mean(counts)))
-        model_ms += self.cost.selection_ms(selection)
-        return self.cost.vision_ms() + model_ms, model_ms
+    def predict_counts(self, counts: Sequence[int], new_tokens: int, selection: Optional[str] = None) -> Prediction:
+        """counts[l] tokens entering layer l after a selection of this method, an answer of at most
+        new_tokens (planned as CostModel.planned_new_tokens)."""
+        cost = self.cost
+        n = cost.planned_new_tokens(new_tokens)
+        prefill = cost.prefill_ms(counts) + cost.selection_ms(selection)
+        return Prediction(cost.vision_ms(), prefill, cost.decode_ms(n, float(np.mean(counts)) + n / 2), n)
 
     def _decide_on_frontier(self, remaining_ms: float, text: int, spatial: int, new_tokens: int):
         """The first frontier policy (least pruned first) predicted to fit among those keeping at least
@@ -242,26 +311,25 @@ class BudgetController:
             share = (counts[-1] - text) / spatial
             if share < self.min_keep_ratio:
                 continue
-            total, model = self.predict_counts(counts, new_tokens, policy.pre and policy.pre.method)
-            decision = BudgetDecision(share, str(policy), total, model, total <= remaining_ms)
+            predicted = self.predict_counts(counts, new_tokens, policy.pre and policy.pre.method)
+            decision = BudgetDecision(share, str(policy), predicted, predicted.total_ms <= remaining_ms)
             if decision.fits:
                 break
         return decision
 
-    def predict(self, keep_ratio: float, text: int, spatial: int, new_tokens: int) -> Tuple[float, float]:
-        """(vision + prefill + decode ms, prefill + decode ms) predicted for a query at this keep ratio
-        (the scene snapshot is taken before deciding: its time is already spent, not predicted)."""
+    def predict(self, keep_ratio: float, text: int, spatial: int, new_tokens: int) -> Prediction:
+        """A query at this keep ratio of budget_schedule (the scene snapshot is taken before deciding: its
+        time is already spent, not predicted)."""
         L = self.cost.shape.num_layers
         counts = tokens_per_layer(L, text, spatial, keep_ratio) if keep_ratio < 1 else [text + spatial] * L
-        model_ms = self.cost.prefill_ms(counts) + self.cost.decode_ms(new_tokens, float(np.mean(counts)))
-        return self.cost.vision_ms() + model_ms, model_ms
+        return self.predict_counts(counts, new_tokens)
 
-    def predict_hit(self, question_tokens: int, cached_tokens: int, new_tokens: int) -> float:
-        """ms predicted for an answer on a cached scene prefix: no vision, the question's prefill, decode."""
+    def predict_hit(self, question_tokens: int, cached_tokens: int, new_tokens: int) -> Prediction:
+        """An answer on a cached scene prefix: no vision, the question's prefill, decoding."""
         cost = self.cost
-        return cost.extend_ms(question_tokens, cached_tokens) + cost.decode_ms(
-            new_tokens, cached_tokens + question_tokens + new_tokens / 2
-        )
+        n = cost.planned_new_tokens(new_tokens)
+        cache = cached_tokens + question_tokens + n / 2
+        return Prediction(0.0, cost.extend_ms(question_tokens, cached_tokens), cost.decode_ms(n, cache), n)
 
     def decide(
         self,
@@ -280,32 +348,33 @@ class BudgetController:
         remaining_ms = remaining_ms * (1 - self.cost.safety_margin())
         if cached_tokens is None:
             return self._decide_recompute(remaining_ms, text, spatial, new_tokens)
-        hit_ms = self.predict_hit(question_tokens, cached_tokens, new_tokens)
-        hit = BudgetDecision(1.0, 'none', hit_ms, hit_ms, hit_ms <= remaining_ms, reuse_prefix=True)
+        predicted = self.predict_hit(question_tokens, cached_tokens, new_tokens)
+        hit = BudgetDecision(1.0, 'none', predicted, predicted.total_ms <= remaining_ms, reuse_prefix=True)
         if hit.fits:
             return hit
         recompute = self._decide_recompute(remaining_ms, text, spatial, new_tokens)
-        return recompute if recompute.fits or recompute.predicted_ms < hit_ms else hit
+        return recompute if recompute.fits or recompute.predicted_ms < hit.predicted_ms else hit
 
     def _decide_recompute(self, remaining_ms: float, text: int, spatial: int, new_tokens: int) -> BudgetDecision:
         L = self.cost.shape.num_layers
-        total, model = self.predict(1.0, text, spatial, new_tokens)
-        if total <= remaining_ms or spatial == 0:
-            return BudgetDecision(1.0, 'none', total, model, total <= remaining_ms)
+        dense = self.predict(1.0, text, spatial, new_tokens)
+        if dense.total_ms <= remaining_ms or spatial == 0:
+            return BudgetDecision(1.0, 'none', dense, dense.total_ms <= remaining_ms)
         on_frontier = self._decide_on_frontier(remaining_ms, text, spatial, new_tokens) if self.frontier else None
         if on_frontier is not None:
             return on_frontier
-        low_total, low_model = self.predict(self.min_keep_ratio, text, spatial, new_tokens)
-        if low_total > remaining_ms:
+        floor = self.predict(self.min_keep_ratio, text, spatial, new_tokens)
+        if floor.total_ms > remaining_ms:
             return BudgetDecision(
-                self.min_keep_ratio, budget_schedule(L, self.min_keep_ratio, self.raters), low_total, low_model, False
+                self.min_keep_ratio, budget_schedule(L, self.min_keep_ratio, self.raters), floor, False
             )
         lo, hi = self.min_keep_ratio, 1.0  # predicted time grows with the keep ratio: bisect
         for _ in range(20):
             mid = (lo + hi) / 2
-            if self.predict(mid, text, spatial, new_tokens)[0] <= remaining_ms:
+            if self.predict(mid, text, spatial, new_tokens).total_ms <= remaining_ms:
                 lo = mid
             else:
                 hi = mid
-        total, model = self.predict(lo, text, spatial, new_tokens)
-        return BudgetDecision(lo, budget_schedule(L, lo, self.raters), total, model, True)
+        return BudgetDecision(
+            lo, budget_schedule(L, lo, self.raters), self.predict(lo, text, spatial, new_tokens), True
+        )

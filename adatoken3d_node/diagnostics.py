@@ -69,7 +69,7 @@ def engine_status(
         values['tf_sync_backend'] = tf_sync_backend
     values.update(scene)
     if engine is not None and engine.pipeline.budget is not None:
-        values.update(budget_values(engine.pipeline))
+        values.update(budget_values(engine.pipeline, engine.limits.max_new_tokens))
     if engine is not None:
         values.update(engine.pipeline.cache.values())
     values.update({k: f'{v:.3f}' for k, v in latency.summary().items()})
@@ -81,8 +81,9 @@ def engine_status(
     return EngineStatus(OK, 'ready' if accepting else 'inactive', str(answerer.device) if answerer else '', values)
 
 
-def budget_values(pipeline) -> Dict[str, str]:
-    """The latency-budget cost model: its prediction error and fitted coefficients."""
+def budget_values(pipeline, max_new_tokens: int) -> Dict[str, str]:
+    """The latency-budget cost model: its prediction errors, fitted coefficients, and the answer length it
+    plans for a request of max_new_tokens (the node's default)."""
     cost = pipeline.budget.cost
     error = cost.mean_relative_error()
     keep = pipeline.last_keep_ratio
@@ -92,6 +93,8 @@ def budget_values(pipeline) -> Dict[str, str]:
         'budget.prefill_ms_per_linear_gflop': f'{cost.prefill_coef[0]:.3f}',
         'budget.prefill_ms_per_attention_gflop': f'{cost.prefill_coef[1]:.3f}',
         'budget.decode_ms_per_token': f'{cost.decode_coef[0]:.3f}',
+        'budget.planned_new_tokens': str(cost.planned_new_tokens(max_new_tokens)),
+        **{f'budget.error_ms.{term}': f'{e:.2f}' if e is not None else '' for term, e in cost.term_errors_ms().items()},
     }
 
 

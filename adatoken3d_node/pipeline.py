@@ -199,6 +199,8 @@ class AnswerPipeline:
 
         def on_answer(b: int, result) -> None:
             self.cache.hits += 1
+            if self.budget is not None and result.stop_reason != 'cancelled':
+                self.budget.cost.add_answer_length(len(result.token_ids), result.stop_reason == 'max_new_tokens')
             finish(jobs[b], self._outcome(result, prefix.scene, scene_ms, age_ms, label))
 
         self.answerer.answer_batch(
@@ -231,7 +233,7 @@ class AnswerPipeline:
         def plan(job: QueryJob):
             if job.seq not in plans:
                 question = self.answerer.question_inputs(job.question)[0].shape[1]
-                hit_ms = self.budget.predict_hit(question, prefix_tokens, job.max_new_tokens)
+                hit_ms = self.budget.predict_hit(question, prefix_tokens, job.max_new_tokens).total_ms
                 plans[job.seq] = (hit_ms, self._predict_recompute_ms(job, scene, whole_ms, hit_ms))
             return plans[job.seq]
 
@@ -264,7 +266,7 @@ class AnswerPipeline:
         if str(policy) == str(self.cache.policy):
             return prefix_ms + hit_ms
         counts = planned_tokens_per_layer(policy, L, text, spatial) or [text + spatial] * L
-        return self.budget.predict_counts(counts, job.max_new_tokens, policy.pre and policy.pre.method)[1]
+        return self.budget.predict_counts(counts, job.max_new_tokens, policy.pre and policy.pre.method).model_ms
 
     def _learn(self, result, decision, policy: GatingPolicy) -> None:
         """Every answer refines the cost model; a budgeted one also scores the prediction."""
@@ -284,8 +286,11 @@ class AnswerPipeline:
             cost.add_vision_time(result.vision_ms)
             if policy.pre is not None:
                 cost.add_selection_time(policy.pre.method, result.selection_ms)
+        if result.stop_reason != 'cancelled':
+            cost.add_answer_length(generated, result.stop_reason == 'max_new_tokens')
         if decision is not None:
-            cost.record_error(decision.predicted_model_ms, result.prefill_ms + result.decode_ms)
+            prefill_ms = result.prefill_ms + result.selection_ms
+            cost.record_error(decision.prediction, result.vision_ms, prefill_ms, result.decode_ms)
 
 
 def warmup_sweep(

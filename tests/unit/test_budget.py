@@ -13,7 +13,7 @@ def test_controller_picks_the_least_pruning_that_fits():
     cost = budget.CostModel(shape)
     cost.prefill_coef = np.array([1000.0, 1000.0, 0.0, 0.0])  # 1 ms per MFLOP, no cost per cut
     controller = budget.BudgetController(cost, min_keep_ratio=0.1)
-    dense_ms, _ = controller.predict(1.0, 50, 1000, 1)
+    dense_ms = controller.predict(1.0, 50, 1000, 1).total_ms
     margin = cost.safety_margin()
     assert margin == 0.10  # before any budgeted query was seen
     assert controller.decide(dense_ms / (1 - margin) + 1, 50, 1000, 1).policy_text == 'none'
@@ -24,7 +24,7 @@ def test_controller_picks_the_least_pruning_that_fits():
         aim = limit * (1 - margin)
         assert decision.predicted_ms <= aim
         # least pruning: keeping a bit more would not fit
-        assert controller.predict(decision.keep_ratio + 0.01, 50, 1000, 1)[0] > aim
+        assert controller.predict(decision.keep_ratio + 0.01, 50, 1000, 1).total_ms > aim
     floor = controller.decide(1.0, 50, 1000, 1)
     assert not floor.fits and floor.keep_ratio == 0.1
     assert floor.policy_text == budget.budget_schedule(8, 0.1) == 'schedule:2:0.4642,4:0.2154,6:0.1000'
@@ -56,7 +56,7 @@ def test_controller_picks_the_least_pruned_frontier_policy_that_fits():
     cost.prefill_coef = np.array([1000.0, 1000.0, 0.0, 0.0])
     controller = budget.BudgetController(cost, min_keep_ratio=0.05, frontier=FRONTIER)
     assert [str(p) for p in controller.frontier] == list(FRONTIER[:4])  # mass: counts depend on the scores
-    dense_ms, _ = controller.predict(1.0, 50, 1000, 1)
+    dense_ms = controller.predict(1.0, 50, 1000, 1).total_ms
     margin = cost.safety_margin()
 
     def predicted(text):
@@ -94,8 +94,8 @@ def test_a_cached_scene_prefix_is_taken_when_it_fits_and_when_it_is_least_late()
     cost = budget.CostModel(shape)
     cost.prefill_coef = np.array([1000.0, 1000.0, 0.0, 0.0])  # 1 ms per MFLOP
     controller = budget.BudgetController(cost, min_keep_ratio=0.1)
-    dense_ms, _ = controller.predict(1.0, 50, 1000, 1)
-    hit_ms = controller.predict_hit(20, 1030, 1)
+    dense_ms = controller.predict(1.0, 50, 1000, 1).total_ms
+    hit_ms = controller.predict_hit(20, 1030, 1).total_ms
     assert hit_ms == cost.extend_ms(20, 1030) and 0 < hit_ms * 10 < dense_ms
     # the hit's FLOPs are extend_flops: the features' two parts add up to them
     features = budget.extend_features(shape, 20, 1030)
@@ -105,3 +105,35 @@ def test_a_cached_scene_prefix_is_taken_when_it_fits_and_when_it_is_least_late()
     late = controller.decide(hit_ms / 2, 50, 1000, 1, cached_tokens=1030, question_tokens=20)
     assert late.reuse_prefix and not late.fits  # even the pruning floor would be later
     assert not controller.decide(10 * dense_ms, 50, 1000, 1).reuse_prefix  # nothing cached
+
+
+def test_the_answer_length_planned_for_is_what_answers_take_not_their_limit():
+    shape = LlamaShape(hidden=64, intermediate=176, num_layers=8, num_heads=4, num_kv_heads=4, head_dim=16, vocab=100)
+    cost = budget.CostModel(shape)
+    cost.prefill_coef = np.array([1000.0, 1000.0, 0.0, 0.0])
+    cost.decode_coef = (5.0, 0.0)  # 5 ms a token
+    controller = budget.BudgetController(cost, min_keep_ratio=0.1)
+    assert cost.planned_new_tokens(32) == 32  # nothing seen: the limit
+    before = controller.predict(1.0, 50, 1000, 32)
+    assert before.new_tokens == 32 and before.decode_ms == 31 * 5.0
+    for tokens in [2] * 9 + [3]:
+        cost.add_answer_length(tokens, limited=False)
+    assert cost.planned_new_tokens(32) == 3 and cost.planned_new_tokens(2) == 2  # 90th percentile, capped
+    after = controller.predict(1.0, 50, 1000, 32)
+    assert after.new_tokens == 3 and after.decode_ms == 2 * 5.0 and after.prefill_ms == before.prefill_ms
+    # a budget that dense misses when planning 32 tokens and meets when planning what answers take: dense
+    margin = cost.safety_margin()
+    assert controller.decide((after.total_ms + 1) / (1 - margin), 50, 1000, 32).keep_ratio == 1.0
+    # answers cut by their limit say nothing of how long they would have been: plan for the limit again
+    for _ in range(60):
+        cost.add_answer_length(4, limited=True)
+    assert cost.planned_new_tokens(32) == 32
+
+
+def test_prediction_errors_are_tracked_per_term():
+    shape = LlamaShape(hidden=64, intermediate=176, num_layers=8, num_heads=4, num_kv_heads=4, head_dim=16, vocab=100)
+    cost = budget.CostModel(shape)
+    assert cost.term_errors_ms() == {'vision': None, 'prefill': None, 'decode': None}
+    cost.record_error(budget.Prediction(10.0, 20.0, 30.0, 4), vision_ms=12.0, prefill_ms=18.0, decode_ms=40.0)
+    assert cost.term_errors_ms() == {'vision': 2.0, 'prefill': 2.0, 'decode': 10.0}
+    assert cost.mean_relative_error() == abs(58.0 - 50.0) / 58.0
