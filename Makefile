@@ -70,6 +70,7 @@ bench: setup
 	$(PY) -m benchmarks.bench_accuracy
 	$(PY) -m benchmarks.bench_selection
 	$(PY) -m benchmarks.bench_prefix_cache
+	$(PY) -m benchmarks.bench_width
 
 # Retrain the shipped model from scratch (seeded), calibrate its gating profile, reinstall.
 train-tiny: $(VENV)/.stamp-interfaces

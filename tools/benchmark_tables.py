@@ -477,6 +477,29 @@ def prefix_cache(result: dict) -> list:
     return ['## Scene prefix cache', provenance(result, 'prefix_cache'), intro, first, intro2, table(header, rows)]
 
 
+def width(result: dict) -> list:
+    shape, tokens = result['shape'], result['tokens']
+    intro = (
+        f'{result["layers_built"]} LLaMA decoder layers at LLaVA-3D-7B\'s width (hidden {shape["hidden"]}, '
+        f'{shape["heads"]} heads, MLP {shape["intermediate"]}, vocab {shape["vocab"]}; random weights, float32) '
+        f'on {tokens["text_before"]} + {tokens["spatial"]} spatial + {tokens["question"]} question tokens: the '
+        'wall time per layer of a prefill of every token count the policies run, and each policy\'s 32-layer '
+        'prefill predicted as the sum of its layers (a schedule\'s three scores counted at the layer-0 '
+        'score\'s cost, an upper bound), beside its exact FLOPs. Layer-0 question score (a `fastv:0` '
+        f'selection\'s own cost): {result["layer0_question_score_ms"]:.0f} ms; CLIP ViT-L/14-336: '
+        f'{result["clip_vit_l_336_ms_per_view"]:.0f} ms per view. bfloat16 is not timed: this CPU runs a '
+        f'bfloat16 matmul at {result["bfloat16_matmul_gflops"]:.2f} GFLOP/s against '
+        f'{result["float32_matmul_gflops"]:.0f} in float32 (no bfloat16 arithmetic). {result["seconds"]:.0f} s.'
+    )
+    header = ['policy', '32-layer prefill (ms)', 'time saved', 'prefill FLOPs', 'FLOPs saved']
+    rows = [
+        [name, f'{p["prefill_ms_32_layers"]:.0f}', pct(p['time_saved']), sci(p['prefill_flops']), pct(p['flops_saved'])]
+        for name, p in result['predicted_32_layers'].items()
+    ]
+    per_layer = table(['tokens', 'ms per layer'], [[n, f'{ms:.0f}'] for n, ms in result['per_layer_ms'].items()])
+    return ['## At LLaVA-3D-7B\'s width', provenance(result, 'width'), intro, table(header, rows), per_layer]
+
+
 def render() -> str:
     parts = [HEADER]
     parts += queries(load('query')) + perception(load('perception')) + gating(load('gating'))
@@ -486,6 +509,7 @@ def render() -> str:
         parts += split_accuracy(name, split)
     parts += selection(load('selection'))
     parts += prefix_cache(load('prefix_cache'))
+    parts += width(load('width'))
     return '\n\n'.join(parts) + '\n'
 
 
