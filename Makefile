@@ -6,6 +6,7 @@
 #   make lint    ruff check and ruff format --check only
 #   make demo    set up and run the main job
 #   make bench   set up and run the benchmarks (writes benchmarks/results/*.json)
+#   make soak    set up and run the node for 30 minutes on a looped replay (benchmarks/results/soak.json)
 #   make train-tiny  regenerate the synthetic data and retrain the shipped scene model (~33 min on 2 cores),
 #                then calibrate its gating profile (models/scene-llava3d-tiny, models/gating_profiles)
 #
@@ -30,7 +31,7 @@ INTERFACE_SOURCES := $(shell find ros2_ws/src/adatoken3d_interfaces ros2_ws/pip_
 PACKAGE_SOURCES := setup.py setup.cfg package.xml resource/adatoken3d lab/resource/adatoken3d_lab \
 	$(shell find adatoken3d_node lab launch config models -maxdepth 4 -type f \( -name '*.py' -o -name '*.yaml' -o -name '*.xml' -o -name '*.md' -o -name '*.json' -o -name '*.safetensors' \))
 
-.PHONY: setup lint test demo bench train-tiny lock check-loopback clean
+.PHONY: setup lint test demo bench soak train-tiny lock check-loopback clean
 .DEFAULT_GOAL := setup
 
 setup: $(VENV)/.stamp-package
@@ -71,6 +72,9 @@ bench: setup
 	$(PY) -m benchmarks.bench_selection
 	$(PY) -m benchmarks.bench_prefix_cache
 	$(PY) -m benchmarks.bench_width
+
+soak: setup
+	$(PY) -m benchmarks.bench_soak --minutes 30
 
 # Retrain the shipped model from scratch (seeded), calibrate its gating profile, reinstall.
 train-tiny: $(VENV)/.stamp-interfaces
