@@ -500,6 +500,32 @@ def width(result: dict) -> list:
     return ['## At LLaVA-3D-7B\'s width', provenance(result, 'width'), intro, table(header, rows), per_layer]
 
 
+def soak(result: dict) -> list:
+    growth, latency = result['after_warmup'], result['latency_ms']
+    intro = (
+        f'The node (the shipped model) for {result["minutes"]:g} minutes on a looped replay of a rendered room '
+        f'({result["loops"]} loops, time jumping back at each), a question every 2 s and a flood of 100 every '
+        '5 minutes; its resident memory, descriptors and threads read from /proc every 10 s, judged after the '
+        f'first fifth of the run. Targets: memory slope under {result["targets"]["rss_mb_slope_per_10_min_below"]:g} '
+        'MB per 10 minutes, descriptors and threads constant, no lost query, no crash: '
+        + ('**met**.' if result['targets']['met'] else '**not met**.')
+    )
+    rows = [
+        [
+            'questions asked / answered / refused / lost',
+            f'{result["asked"]} / {result["answered"]} / {result["refused"]} / {result["lost"]}',
+        ],
+        ['refusal reasons', '; '.join(result['refusal_reasons']) or '-'],
+        ['node alive at the end', 'yes' if result['node_alive'] else '**no**'],
+        ['answer latency p50 / p95 / max (ms)', f'{latency["p50"]} / {latency["p95"]} / {latency["max"]}'],
+        ['resident memory slope after warm-up (MB per 10 min)', f'{growth["rss_mb_slope_per_10_min"]:+.3f}'],
+        ['resident memory after warm-up (MB)', f'{growth["rss_mb_range"][0]:.1f}-{growth["rss_mb_range"][1]:.1f}'],
+        ['open descriptors after warm-up', f'{growth["fds_range"][0]}-{growth["fds_range"][1]}'],
+        ['threads after warm-up', f'{growth["threads_range"][0]}-{growth["threads_range"][1]}'],
+    ]
+    return ['## Soak', provenance(result, 'soak'), intro, table(['measured', 'value'], rows)]
+
+
 def render() -> str:
     parts = [HEADER]
     parts += queries(load('query')) + perception(load('perception')) + gating(load('gating'))
@@ -510,6 +536,7 @@ def render() -> str:
     parts += selection(load('selection'))
     parts += prefix_cache(load('prefix_cache'))
     parts += width(load('width'))
+    parts += soak(load('soak'))
     return '\n\n'.join(parts) + '\n'
 
 
