@@ -226,7 +226,7 @@ class AnswerPipeline:
         cache.last_refresh = time.monotonic()
         L = self.answerer.num_layers
         cost = self.budget.cost if self.budget is not None else None
-        prefix_tokens = self.answerer.prompt_head_tokens() + scene.num_tokens  # before any selection
+        prefix_tokens = self.answerer.prompt_head_tokens + scene.num_tokens  # before any selection
         whole_ms = cost.prefill_ms([prefix_tokens] * L) if cost is not None else 0.0
         plans = {}  # job seq -> (ms to answer it on this prefix once built, ms to answer it from scratch)
 

@@ -416,6 +416,9 @@ class GatedLlama:
             mask = torch.arange(n + m, device=self.device)[None] <= (n + step)[:, None]  # [m, n+m]
             if key_valid is not None:
                 mask = mask[None, None] & key_valid.to(self.device)[:, None, None, :]  # [B, 1, m, n+m]
+        if shared is not None:  # the rows' own keys each query sees, the same in every layer
+            own = mask if mask is not None else torch.ones(1, 1, m, n + m, dtype=torch.bool, device=self.device)
+            own = own.expand(B, 1, m, n + m)
         for i, (layer, cache) in enumerate(zip(self.layers, caches)):
             if abandon is not None and abandon(i):
                 return None
@@ -431,8 +434,7 @@ class GatedLlama:
             q, k = apply_rotary_pos_emb(q, k, cos_i, sin_i)
             k, v = cache.append(k, v)  # [B, Hkv, n+m, hd]
             if shared is not None:
-                own = mask if mask is not None else torch.ones(B, 1, m, n + m, dtype=torch.bool, device=x.device)
-                a = shared_prefix_attention(q, shared[i].k, shared[i].v, k, v, own.expand(B, 1, m, n + m), attn.scaling)
+                a = shared_prefix_attention(q, shared[i].k, shared[i].v, k, v, own, attn.scaling)
             else:
                 a = F.scaled_dot_product_attention(
                     q, k, v, attn_mask=mask, is_causal=mask is None and m > 1, enable_gqa=True, scale=attn.scaling

@@ -15,6 +15,7 @@ rounding, for a fraction of the prefill.
 """
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -172,8 +173,10 @@ class SceneAnswerer:
         after = int(inputs.spatial_mask.nonzero()[-1]) + 1
         return inputs.inputs_embeds[:, after:], inputs.num_text + inputs.num_location
 
+    @functools.cached_property
     def prompt_head_tokens(self) -> int:
-        """Tokens before the spatial ones in a scene prompt (BOS, system prompt, "USER: ")."""
+        """Tokens before the spatial ones in a scene prompt (BOS, system prompt, "USER: "): the same for
+        every prompt of this model, counted once."""
         placeholder = torch.zeros(1, self.model.config.hidden_size, dtype=self.dtype, device=self.device)
         return int(self.model.build_inputs('?', placeholder, self.tokenizer).spatial_mask.nonzero()[0])
 
@@ -230,17 +233,10 @@ class SceneAnswerer:
         P, shape = prefix.num_tokens, self.gated.shape
         flops = extend_flops(shape, m, P)
         dense_tokens = P + m - prefix.spatial_kept + prefix.spatial_tokens
-        stop_reason = (
-            'eos'
-            if ids and ids[-1] in self.eos_token_ids
-            else 'max_new_tokens'
-            if len(ids) >= max_new_tokens
-            else 'cancelled'
-        )
         return SceneAnswer(
             text=self.tokenizer.decode(ids, skip_special_tokens=True).strip(),
             token_ids=list(ids),
-            stop_reason=stop_reason,
+            stop_reason=self._stop_reason(ids, max_new_tokens),
             vision_ms=prefix.vision_ms if built_now else 0.0,
             prefill_ms=prefill_ms + (prefix.prefill_ms if built_now else 0.0),
             decode_ms=decode_ms,
@@ -355,6 +351,12 @@ class SceneAnswerer:
                 shared=prefix.caches,
             )
 
+    def _stop_reason(self, ids: List[int], max_new_tokens: int) -> str:
+        """Why decoding ended, from the ids it gave (none: cancelled before the first token)."""
+        if ids and ids[-1] in self.eos_token_ids:
+            return 'eos'
+        return 'max_new_tokens' if len(ids) >= max_new_tokens else 'cancelled'
+
     def _check_context(self, prompt_tokens: int, spatial: int, max_new_tokens: int) -> None:
         if prompt_tokens + max_new_tokens > self.context:
             raise ValueError(
@@ -429,13 +431,10 @@ class SceneAnswerer:
                 top_p=top_p,
                 sample_seed=seed,
             )
-        stop_reason = (
-            'eos' if ids[-1] in self.eos_token_ids else 'max_new_tokens' if len(ids) >= max_new_tokens else 'cancelled'
-        )
         return SceneAnswer(
             text=self.tokenizer.decode(ids, skip_special_tokens=True).strip(),
             token_ids=ids,
-            stop_reason=stop_reason,
+            stop_reason=self._stop_reason(ids, max_new_tokens),
             vision_ms=vision_ms,
             prefill_ms=prefill.prefill_ms,
             decode_ms=decode_ms,
