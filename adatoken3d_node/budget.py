@@ -17,8 +17,9 @@ for the loaded model on this device:
 
 It is fitted at configure from a short warm-up sweep over prompt lengths (dense and pruned prefills
 of synthetic embeddings, and questions against their caches: the cached-prefix path) and refitted
-online from every answered query (a sliding window). Its relative error on the prefill + decode
-prediction sets the safety margin; the error of each term is reported in /diagnostics.
+online from every answered query (a sliding window). How much longer than predicted the budgeted
+answers took, from the decision to the answer being ready (everything the terms do not model included),
+sets the safety margin; the error of each term is reported in /diagnostics.
 
 With a calibrated frontier (`gating: auto` and a profile that has one, calibrate.py), the controller
 picks among the frontier's policies: the least pruned whose predicted total fits the time the budget
@@ -45,6 +46,7 @@ from .model.gating_policy import GatingPolicy, parse_gating, quarter_layers, rat
 TERMS = ('vision', 'prefill', 'decode')  # what a prediction is made of (Prediction), errors tracked per term
 LENGTH_QUANTILE = 0.9  # of the recent answers' lengths, planned for (CostModel.planned_new_tokens)
 MIN_LENGTHS = 8  # answers seen before their lengths are trusted over max_new_tokens
+LATE_QUANTILE = 0.98  # of actual / predicted time, aimed under (CostModel.safety_margin): 99% deadlines
 
 
 def budget_schedule(num_layers: int, keep_ratio: float, raters: str = 'last') -> str:
@@ -126,6 +128,8 @@ class CostModel:
         self._vision_ms: Optional[float] = None  # running mean of observed vision times
         self._selection_ms: dict = {}  # selection method -> running mean of its observed times
         self._errors: Deque[float] = collections.deque(maxlen=window)  # (actual - predicted) / actual
+        self._late: Deque[float] = collections.deque(maxlen=window)  # actual / predicted, from the decision on
+        self._unmodelled: Deque[float] = collections.deque(maxlen=window)  # ms outside the predicted terms
         self._term_errors = {term: collections.deque(maxlen=window) for term in TERMS}  # |actual - predicted| ms
         self._lengths: Deque[Tuple[int, bool]] = collections.deque(maxlen=window)  # (tokens, cut by its limit)
 
@@ -213,32 +217,46 @@ class CostModel:
         values = [max_new_tokens if limited else tokens for tokens, limited in seen]
         return int(min(max_new_tokens, max(1, math.ceil(np.quantile(values, LENGTH_QUANTILE)))))
 
-    def record_error(self, predicted: 'Prediction', vision_ms: float, prefill_ms: float, decode_ms: float) -> None:
-        """A budgeted answer's measured terms against its prediction (prefill_ms with any selection's time)."""
-        actual_model = prefill_ms + decode_ms
+    def record_error(
+        self, predicted: 'Prediction', vision_ms: float, prefill_ms: float, decode_ms: float, elapsed_ms: float
+    ) -> None:
+        """A budgeted answer's measured terms against its prediction (prefill_ms with any selection's time);
+        elapsed_ms: the whole time from the decision to the answer being ready, which also holds what no
+        term models (the snapshot's checks, other threads holding the interpreter, building the answer)."""
         with self._lock:
-            if actual_model > 0:
-                self._errors.append((actual_model - predicted.model_ms) / actual_model)
+            if elapsed_ms > 0:
+                self._errors.append((elapsed_ms - predicted.total_ms) / elapsed_ms)
+            if predicted.total_ms > 0:
+                self._late.append(elapsed_ms / predicted.total_ms)
             for term, actual, guess in zip(TERMS, (vision_ms, prefill_ms, decode_ms), predicted.terms):
                 self._term_errors[term].append(abs(actual - guess))
+            self._unmodelled.append(elapsed_ms - (vision_ms + prefill_ms + decode_ms))
 
     def term_errors_ms(self) -> Dict[str, Optional[float]]:
         """Mean |actual - predicted| ms of each term over the recent budgeted answers."""
         with self._lock:
             return {term: float(np.mean(e)) if e else None for term, e in self._term_errors.items()}
 
+    def unmodelled_ms(self) -> Optional[float]:
+        """Mean time of the recent budgeted answers outside the predicted terms (ms)."""
+        with self._lock:
+            return float(np.mean(self._unmodelled)) if self._unmodelled else None
+
     def mean_relative_error(self) -> Optional[float]:
-        """Mean |actual - predicted| / actual of the budgeted queries' prefill + decode time."""
+        """Mean |actual - predicted| / actual of the budgeted queries' time from the decision on."""
         with self._lock:
             return float(np.mean(np.abs(self._errors))) if self._errors else None
 
     def safety_margin(self) -> float:
-        """How far under the time left to aim: the 90th percentile of recent under-predictions, within
-        [5%, 30%] (10% until a few budgeted queries were seen). Noisy timings widen it by themselves."""
+        """How far under the time left to aim: 1 - 1/q, q the LATE_QUANTILE of the recent ratios of the time
+        taken after a decision to the time predicted, within [5%, 60%] (10% until 3 budgeted queries were
+        seen). Aiming there, that share of answers would have come in time; timings disturbed by other
+        work on the machine widen it by themselves."""
         with self._lock:
-            if len(self._errors) < 3:
+            if len(self._late) < 3:
                 return 0.10
-            return float(np.clip(np.quantile(self._errors, 0.9), 0.05, 0.30))
+            q = float(np.quantile(self._late, LATE_QUANTILE))
+            return float(np.clip(1 - 1 / q, 0.05, 0.60))
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ def engine_status(
         'model_path': engine.model_path if engine else '',
         'model_untrained': str(answerer.is_untrained).lower() if answerer else '',
         'gating': engine.gating if engine else '',
+        'gating_note': engine.gating_note if engine else '',
         'queue_depth': str(engine.worker.depth if engine else 0),
         'queue_size': str(queue_size),
         'queries_answered': str(latency.answered),
@@ -85,10 +86,12 @@ def budget_values(pipeline, max_new_tokens: int) -> Dict[str, str]:
     """The latency-budget cost model: its prediction errors, fitted coefficients, and the answer length it
     plans for a request of max_new_tokens (the node's default)."""
     cost = pipeline.budget.cost
-    error = cost.mean_relative_error()
+    error, unmodelled = cost.mean_relative_error(), cost.unmodelled_ms()
     keep = pipeline.last_keep_ratio
     return {
         'budget.prediction_error': f'{error:.3f}' if error is not None else '',
+        'budget.safety_margin': f'{cost.safety_margin():.3f}',
+        'budget.unmodelled_ms': f'{unmodelled:.2f}' if unmodelled is not None else '',
         'budget.last_keep_ratio': f'{keep:.3f}' if keep is not None else '',
         'budget.prefill_ms_per_linear_gflop': f'{cost.prefill_coef[0]:.3f}',
         'budget.prefill_ms_per_attention_gflop': f'{cost.prefill_coef[1]:.3f}',

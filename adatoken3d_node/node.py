@@ -91,6 +91,8 @@ class Adatoken3dNode(LifecycleNode):
                 f'model {engine.model_path} is a random-weight model: it is UNTRAINED and its answers '
                 'mean nothing. Set model_path to a trained checkpoint for meaningful answers.'
             )
+        if engine.gating_note:
+            self.get_logger().warning(engine.gating_note)
         publish = self.create_lifecycle_publisher
         self._answer_pub = publish(Answer, names.ANSWER_TOPIC, OUTPUT_QOS)
         self._metrics_pub = publish(QueryMetrics, names.METRICS_TOPIC, OUTPUT_QOS)

@@ -61,8 +61,9 @@ PARAMETERS = (
     ),
     ParameterSpec(
         'gating',
-        'none',
-        'Spatial-token gating: none (dense) | auto (the calibrated profile of the loaded checkpoint) | '
+        'auto',
+        'Spatial-token gating: none (dense) | auto (the calibrated profile of the loaded checkpoint; '
+        'without one, dense, and the AdaToken-3D schedule when a budget needs pruning) | '
         'schedule:L:r,... (keep r of the spatial tokens from layer L on) | mass:p[@L,...] (keep the '
         'fewest holding p of the attention) | fastv:K:r | random:L:r,...; a scored one (auto, schedule, '
         'mass, fastv) followed by ~question is scored by the attention of the question\'s tokens, not '
@@ -73,10 +74,12 @@ PARAMETERS = (
     ),
     ParameterSpec(
         'latency_budget_ms',
-        0.0,
+        1000.0,
         'Default per-query latency budget in ms, accept to answer; 0 = no budget. With a budget the node '
-        'chooses the pruning per query (overriding gating) so that the predicted time fits; '
-        'deadline_met is measured.',
+        'chooses the pruning per query (overriding gating): the dense answer (or the cached scene '
+        'prefix) when it is predicted to fit, else the least pruned policy predicted to fit (with gating '
+        'auto, from the calibrated frontier); deadline_met is measured. 1000 ms binds for LLaVA-3D-7B '
+        'on a robot GPU (docs/gating.md#the-default-budget).',
         min_value=0.0,
     ),
     ParameterSpec(

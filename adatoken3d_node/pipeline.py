@@ -39,7 +39,7 @@ from .model.gating import DecodeRow
 from .model.gating_policy import GatingPolicy, parse_gating
 from .model.llava3d import parse_locations
 from .model.loader import ModelLoadError
-from .model.profiles import frontier_gatings, load_profile, resolve_gating
+from .model.profiles import frontier_gatings, load_profile, resolve_gating, uncalibrated_note
 from .model.scene_qa import SceneAnswerer
 from .perception.frontend import FrontEndConfig, SceneFrontEnd
 from .perception.keyframes import KeyframePolicy
@@ -110,7 +110,8 @@ class AnswerPipeline:
         cached = self.cache.usable(scene)
         policy, decision, label = self.policy, None, None
         if job.latency_budget_ms > 0 and self.budget is not None:
-            spent_ms = (time.monotonic() - job.accepted_at) * 1e3  # queue + scene snapshot
+            decided_at = time.monotonic()
+            spent_ms = (decided_at - job.accepted_at) * 1e3  # queue + scene snapshot
             decision = self.budget.decide(
                 job.latency_budget_ms - spent_ms,
                 self.answerer.text_tokens(job.question),
@@ -147,8 +148,9 @@ class AnswerPipeline:
         else:
             self.cache.misses += self.cache.enabled
             result = self.answerer.answer(job.question, scene, policy, job.max_new_tokens, **kwargs)
-        self._learn(result, decision, policy)
-        return self._outcome(result, scene, scene_ms, age_ms, label)
+        outcome = self._outcome(result, scene, scene_ms, age_ms, label)
+        self._learn(result, decision, policy, (time.monotonic() - decided_at) * 1e3 if decision else 0.0)
+        return outcome
 
     def _outcome(self, result, scene, scene_ms: float, age_ms: float, label: Optional[str] = None) -> QueryOutcome:
         report = QueryReport(
@@ -268,8 +270,9 @@ class AnswerPipeline:
         counts = planned_tokens_per_layer(policy, L, text, spatial) or [text + spatial] * L
         return self.budget.predict_counts(counts, job.max_new_tokens, policy.pre and policy.pre.method).model_ms
 
-    def _learn(self, result, decision, policy: GatingPolicy) -> None:
-        """Every answer refines the cost model; a budgeted one also scores the prediction."""
+    def _learn(self, result, decision, policy: GatingPolicy, elapsed_ms: float) -> None:
+        """Every answer refines the cost model; a budgeted one also scores the prediction (elapsed_ms: from
+        its decision to its answer being ready)."""
         if self.budget is None or not result.token_ids:
             return
         cost = self.budget.cost
@@ -290,7 +293,7 @@ class AnswerPipeline:
             cost.add_answer_length(generated, result.stop_reason == 'max_new_tokens')
         if decision is not None:
             prefill_ms = result.prefill_ms + result.selection_ms
-            cost.record_error(decision.prediction, result.vision_ms, prefill_ms, result.decode_ms)
+            cost.record_error(decision.prediction, result.vision_ms, prefill_ms, result.decode_ms, elapsed_ms)
 
 
 def warmup_sweep(
@@ -352,6 +355,7 @@ class QueryEngine:
     model_path: str  # the checkpoint loaded (model_path, or the shipped model)
     gating: str  # the policy run when a query has no budget, canonical text
     limits: QueryLimits
+    gating_note: str = ''  # why `gating: auto` runs uncalibrated (profiles.uncalibrated_note), logged at configure
 
     def submit(
         self,
@@ -415,6 +419,8 @@ def build_engine(config: Dict[str, object]) -> QueryEngine:
         policy = answerer.policy(resolve_gating(config['gating'], model_path))
     except ValueError as error:
         raise ConfigureError(str(error)) from None
+    auto = config['gating'].partition('~')[0].strip() == 'auto'
+    profile = load_profile(model_path) if auto else None
     model = answerer.model
     frontend = SceneFrontEnd(
         FrontEndConfig.for_model(
@@ -441,8 +447,7 @@ def build_engine(config: Dict[str, object]) -> QueryEngine:
             cost,
             config['budget_min_keep_ratio'],
             policy.raters,
-            # with gating auto, budgets pick among the calibrated frontier's policies
-            frontier_gatings(load_profile(model_path)) if config['gating'].partition('~')[0].strip() == 'auto' else (),
+            frontier_gatings(profile),  # with gating auto, budgets pick among the calibrated frontier's policies
         ),
         Admission(config['require_scene'], config['max_point_distance_m'], config['fixed_frame']),
         PrefixCacheConfig.from_parameters(config, policy),
@@ -454,7 +459,8 @@ def build_engine(config: Dict[str, object]) -> QueryEngine:
         max_batch=config['max_batch_size'],
         on_idle=lambda: pipeline.refresh(worker.next_waiting),
     )
-    engine = QueryEngine(pipeline, worker, model_path, str(policy), QueryLimits.from_parameters(config))
+    note = uncalibrated_note(model_path) if auto and profile is None else ''
+    engine = QueryEngine(pipeline, worker, model_path, str(policy), QueryLimits.from_parameters(config), note)
     if config['warmup']:
         frontend.warmup()
 

@@ -3,7 +3,8 @@
 A profile is JSON written by adatoken3d-calibrate (the lab's calibrate.py); the node reads its `auto`
 point (the policy `gating: auto` runs; older profiles: `schedule`) and its `frontier`, the points the
 budget controller picks from. It is looked up next to the checkpoint, then among the profiles the package ships,
-which are named by the id of the checkpoint's weights. ROS-free.
+which are named by the id of the checkpoint's weights. A checkpoint with no profile (LLaVA-3D-7B until
+someone calibrates it) runs `auto` densely, pruning only when a latency budget needs it. ROS-free.
 """
 
 import hashlib
@@ -59,20 +60,30 @@ def frontier_gatings(profile: dict | None) -> List[str]:
     return [p['gating'] for p in sorted(points, key=lambda p: p['flops_reduction'])]
 
 
+UNCALIBRATED_AUTO = 'none'  # what `gating: auto` runs for a checkpoint without a profile
+
+
+def uncalibrated_note(model_path) -> str:
+    """Why `gating: auto` runs uncalibrated for the checkpoint at model_path, and how to calibrate it."""
+    places = profile_candidates(model_path)
+    return (
+        f'gating auto: no calibrated profile for the checkpoint at {model_path} (id {checkpoint_id(model_path)}; '
+        f'looked in {", ".join(str(p) for p in places)}): answering densely, and under a latency budget '
+        f'pruning with the uncalibrated AdaToken-3D schedule. Run adatoken3d-calibrate {model_path} '
+        '--dataset KIND:DIR to calibrate it'
+    )
+
+
 def resolve_gating(text: str, model_path) -> str:
     """The gating text to run: `auto` becomes the calibrated policy of this checkpoint (`auto~question`
-    the same scored by the question's tokens, gating.py)."""
+    the same scored by the question's tokens, gating.py), or UNCALIBRATED_AUTO when it has no profile
+    (uncalibrated_note says so): a checkpoint nobody calibrated is not pruned on a guess."""
     base, tilde, raters = text.partition('~')
     if base.strip() != 'auto':
         return text
     profile = load_profile(model_path)
-    if profile is not None:
-        gating = auto_gating(profile)
-        # auto~question: the question's raters wherever the calibrated policy scores tokens at all
-        return gating.partition('~')[0] + tilde + raters if tilde and scores_tokens(gating) else gating
-    places = profile_candidates(model_path)
-    raise ValueError(
-        f'gating auto: no calibrated profile for the checkpoint at {model_path} (id '
-        f'{checkpoint_id(model_path)}); looked in {", ".join(str(p) for p in places)}. Run '
-        f'adatoken3d-calibrate {model_path} --dataset KIND:DIR, or set gating to a schedule'
-    )
+    if profile is None:
+        return UNCALIBRATED_AUTO
+    gating = auto_gating(profile)
+    # auto~question: the question's raters wherever the calibrated policy scores tokens at all
+    return gating.partition('~')[0] + tilde + raters if tilde and scores_tokens(gating) else gating

@@ -44,6 +44,7 @@ def node_with_scene_of(root, model, namespace, gating='none'):
         tf_timeout_s=1.0,
         budget_min_keep_ratio=0.1,
         gating=gating,
+        latency_budget_ms=0.0,  # budgets come with the requests here: one without is dense (or gating's)
         prefix_cache=False,  # the recompute path: a cached scene prefix would answer these repeated questions
     )
     with live_node(root, model, namespace, TIMEOUT, **overrides) as (client, node, pubs):

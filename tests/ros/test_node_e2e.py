@@ -14,6 +14,7 @@ from sensor_msgs.msg import Image  # noqa: E402
 
 from adatoken3d_node.client import NodeProcess, QueryClient  # noqa: E402
 from conftest import write_params  # noqa: E402
+from adatoken3d_node import parameters  # noqa: E402
 
 NAMESPACE = 'robot'
 COLOR_REMAP = '/camera/color/image_raw'
@@ -72,7 +73,10 @@ def test_query_service_answers_with_true_metrics_and_publishes_them(client):
     assert m.prefill_ms > 0 and m.decode_ms >= 0
     assert m.total_ms >= m.queue_ms + m.prefill_ms + m.decode_ms - 0.5
     assert m.prefill_flops > 0 and m.prefill_flops == m.prefill_flops_dense and m.flops_reduction == 0.0
-    assert m.gating == 'none' and m.latency_budget_ms == 0.0 and m.deadline_met
+    # the node's default budget applies (a request's 0), met densely: the controller says what it chose
+    default_budget = parameters.defaults()['latency_budget_ms']
+    assert m.latency_budget_ms == default_budget and m.deadline_met
+    assert m.gating.startswith(f'budget {default_budget:.0f} ms: keep 1.00, predicted ') and m.gating.endswith(', none')
     # no sensor data reached this node: an empty scene, no spatial tokens, no scene stamp
     assert (m.num_views, m.spatial_tokens, m.spatial_tokens_kept) == (0, 0, 0)
     assert m.scene_ms >= 0.0 and m.vision_ms >= 0.0 and (m.scene_stamp.sec, m.scene_stamp.nanosec) == (0, 0)

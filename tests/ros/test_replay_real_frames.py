@@ -87,7 +87,7 @@ def test_a_question_about_the_replayed_scene_runs_gated_llava3d_with_true_metric
         tmp_path,
         'ask',
         question='What is next to the sofa at [-2.1, 0.6, 2.7]?',
-        launch=['gating:=schedule:1:0.5,2:0.25'],
+        launch=['gating:=schedule:1:0.5,2:0.25', 'latency_budget_ms:=0.0'],  # the gating, unbudgeted
     )
     assert response.success, response.error
     m = response.metrics

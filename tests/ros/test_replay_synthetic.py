@@ -40,7 +40,7 @@ def test_replayed_scene_is_remembered_and_questions_get_true_metrics(
         rate=rate,
         expect_views=VIEWS,
         question=f"What is at [{x}, {y}, {z}]?",
-        launch=[f'gating:={gating}'],
+        launch=[f'gating:={gating}', 'latency_budget_ms:=0.0'],  # the gating, unbudgeted
     )
     assert 'view skipped' not in log
     # every patch lies on the floor or on an object: nothing below the floor, nothing above the tallest object

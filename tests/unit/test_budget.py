@@ -134,6 +134,26 @@ def test_prediction_errors_are_tracked_per_term():
     shape = LlamaShape(hidden=64, intermediate=176, num_layers=8, num_heads=4, num_kv_heads=4, head_dim=16, vocab=100)
     cost = budget.CostModel(shape)
     assert cost.term_errors_ms() == {'vision': None, 'prefill': None, 'decode': None}
-    cost.record_error(budget.Prediction(10.0, 20.0, 30.0, 4), vision_ms=12.0, prefill_ms=18.0, decode_ms=40.0)
+    prediction = budget.Prediction(10.0, 20.0, 30.0, 4)
+    cost.record_error(prediction, vision_ms=12.0, prefill_ms=18.0, decode_ms=40.0, elapsed_ms=80.0)
     assert cost.term_errors_ms() == {'vision': 2.0, 'prefill': 2.0, 'decode': 10.0}
-    assert cost.mean_relative_error() == abs(58.0 - 50.0) / 58.0
+    assert cost.unmodelled_ms() == 80.0 - 70.0  # outside the three terms
+    assert cost.mean_relative_error() == (80.0 - 60.0) / 80.0  # of the whole time after the decision
+
+
+def test_the_safety_margin_covers_the_late_answers_seen():
+    shape = LlamaShape(hidden=64, intermediate=176, num_layers=8, num_heads=4, num_kv_heads=4, head_dim=16, vocab=100)
+    cost = budget.CostModel(shape)
+    on_time = budget.Prediction(0.0, 10.0, 0.0, 1)
+    assert cost.safety_margin() == 0.10  # nothing seen yet
+    for _ in range(48):
+        cost.record_error(on_time, 0.0, 10.0, 0.0, elapsed_ms=10.0)
+    assert cost.safety_margin() == 0.05  # as predicted: the least margin
+    cost.record_error(on_time, 0.0, 10.0, 0.0, elapsed_ms=25.0)
+    assert cost.safety_margin() < 0.06  # one answer in 49 taking 2.5x barely moves the 98th percentile
+    for _ in range(2):
+        cost.record_error(on_time, 0.0, 10.0, 0.0, elapsed_ms=20.0)
+    assert np.isclose(cost.safety_margin(), 1 - 1 / 2.0)  # three in 51 are: aim at half the time left
+    for _ in range(3):
+        cost.record_error(on_time, 0.0, 10.0, 0.0, elapsed_ms=100.0)
+    assert cost.safety_margin() == 0.60  # never more than this: a disturbed machine does not stop answers

@@ -1,6 +1,7 @@
 """Attention pattern mining and schedule fitting (adatoken3d-calibrate), on the tiny LLaVA-3D."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -180,12 +181,13 @@ def test_gating_auto_resolves_to_the_profile_of_the_loaded_checkpoint(tiny, tmp_
         load_profile,
         profile_candidates,
         resolve_gating,
+        uncalibrated_note,
     )
 
     path, _, _ = tiny
     assert resolve_gating('fastv:2:0.5', path) == 'fastv:2:0.5'  # anything but auto passes through
-    with pytest.raises(ValueError, match=f'no calibrated profile.*{checkpoint_id(path)}.*adatoken3d-calibrate'):
-        resolve_gating('auto', path)
+    assert resolve_gating('auto', path) == resolve_gating('auto~question', path) == 'none'  # no profile: dense
+    assert re.search(f'no calibrated profile.*{checkpoint_id(path)}.*adatoken3d-calibrate', uncalibrated_note(path))
     assert profile_candidates(path)[0] == path / PROFILE_NAME
     (path / PROFILE_NAME).write_text(json.dumps({'schedule': 'schedule:1:0.5,2:0.25'}))  # a profile of before
     try:

@@ -16,7 +16,8 @@ K = np.array([[100.0, 0.0, 79.5], [0.0, 100.0, 59.5], [0.0, 0.0, 1.0]])
 
 def config(**overrides) -> dict:
     values = parameters.defaults()
-    values.update({'device': 'cpu', 'dtype': 'float32', 'max_new_tokens': 3, **overrides})
+    # no default budget: these tests run the gating they name (the budget's own choices: test_budget*)
+    values.update({'device': 'cpu', 'dtype': 'float32', 'max_new_tokens': 3, 'latency_budget_ms': 0.0, **overrides})
     return values
 
 
@@ -55,6 +56,20 @@ def test_the_engine_is_what_the_parameters_say(engine, random_model):
     assert engine.answerer.is_untrained and engine.answerer.device.type == 'cpu'
     assert not engine.worker.is_open  # configured is not active
     assert engine.pipeline.budget.cost.vision_ms() > 0  # the warm-up measured the model
+
+
+def test_the_defaults_run_auto_under_a_budget(random_model):
+    assert parameters.defaults()['gating'] == 'auto' and parameters.defaults()['latency_budget_ms'] > 0
+    defaults = parameters.defaults()
+    engine = build_engine(
+        config(model_path=str(random_model), warmup=False, latency_budget_ms=defaults['latency_budget_ms'])
+    )
+    try:  # the random checkpoint has no calibrated profile: dense, and the node says why
+        assert engine.gating == 'none' and 'adatoken3d-calibrate' in engine.gating_note
+        assert engine.limits.latency_budget_ms == defaults['latency_budget_ms']
+        assert engine.pipeline.budget.frontier == [] and engine.pipeline.cache.enabled
+    finally:
+        engine.release()
 
 
 def test_admission_needs_a_scene_and_points_near_it(engine):
