@@ -6,6 +6,8 @@
 #   make lint    ruff check and ruff format --check only
 #   make demo    set up and run the main job
 #   make bench   set up and run the benchmarks (writes benchmarks/results/*.json)
+#   make bench-gpu  set up and run the GPU benchmark: LLaVA-3D-7B, random bf16 weights, on a CUDA GPU
+#                (benchmarks/results/gpu.json; refuses without CUDA, and make bench skips it there)
 #   make soak    set up and run the node for 30 minutes on a looped replay (benchmarks/results/soak.json)
 #   make train-tiny  regenerate the synthetic data and retrain the shipped scene model (~33 min on 2 cores),
 #                then calibrate its gating profile (models/scene-llava3d-tiny, models/gating_profiles)
@@ -31,7 +33,7 @@ INTERFACE_SOURCES := $(shell find ros2_ws/src/adatoken3d_interfaces ros2_ws/pip_
 PACKAGE_SOURCES := setup.py setup.cfg package.xml resource/adatoken3d lab/resource/adatoken3d_lab \
 	$(shell find adatoken3d_node lab launch config models -maxdepth 4 -type f \( -name '*.py' -o -name '*.yaml' -o -name '*.xml' -o -name '*.md' -o -name '*.json' -o -name '*.safetensors' \))
 
-.PHONY: setup lint test demo bench soak train-tiny lock check-loopback clean
+.PHONY: setup lint test demo bench bench-gpu soak train-tiny lock check-loopback clean
 .DEFAULT_GOAL := setup
 
 setup: $(VENV)/.stamp-package
@@ -72,6 +74,15 @@ bench: setup
 	$(PY) -m benchmarks.bench_selection
 	$(PY) -m benchmarks.bench_prefix_cache
 	$(PY) -m benchmarks.bench_width
+	$(PY) -m benchmarks.bench_deadline
+	if $(PY) -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then \
+	  $(PY) -m benchmarks.bench_gpu; \
+	else \
+	  echo 'bench_gpu skipped: no CUDA GPU here (torch.cuda.is_available() is False); make bench-gpu on a GPU machine'; \
+	fi
+
+bench-gpu: setup
+	$(PY) -m benchmarks.bench_gpu
 
 soak: setup
 	$(PY) -m benchmarks.bench_soak --minutes 30

@@ -526,6 +526,108 @@ def soak(result: dict) -> list:
     return ['## Soak', provenance(result, 'soak'), intro, table(['measured', 'value'], rows)]
 
 
+def deadline(result: dict) -> list:
+    dense, budgets = result['dense'], result['budgets_ms']
+    intro = (
+        f'The node with its default parameters (the shipped model, `gating: auto` = `{result["node"]["gating"]}` '
+        f'under the calibrated frontier, a {result["node"]["default_budget_ms"]:g} ms default budget) over DDS, '
+        f'{len(result["rooms"])} held-out test rooms replayed as a camera walking {result["config"]["laps"]} times '
+        f'around each (views entering and leaving the memory while questions arrive), questions spread over each '
+        f'replay, one at a time. Dense time (a node without the prefix cache, {dense["queries"]} answers): median '
+        f'{dense["median_ms"]} ms, p95 {dense["p95_ms"]} ms; the budgets are '
+        + ', '.join(f'{level}x = {ms} ms' for level, ms in budgets.items())
+        + '. Each question is asked at every level and once with the default budget (the dense reference), '
+        'so accuracy is paired (95% cluster-bootstrap intervals over rooms). A miss the controller predicted '
+        'even at its floor is counted apart. Target: >= 99% of the others in time: '
+        + ('**met**.' if result['targets']['met'] else '**not met**.')
+    )
+    header = [
+        'machine',
+        'budget',
+        'queries',
+        'in time where the floor fits',
+        'in time, all',
+        'floor predicted late',
+        'p50 / p95 / p99 (ms)',
+        'keep ratio',
+        'on the cached prefix',
+        'late vs predicted, mean / p95 (ms)',
+        'accuracy (95%)',
+        'minus dense, points (95%)',
+    ]
+    rows = []
+    for condition, run in result['conditions'].items():
+        for level, row in run['levels'].items():
+            if level == 'reference':
+                continue
+            lat, err = row['latency_ms'], row['prediction_error_ms'] or {'mean': 0, 'p95_late': 0}
+            hit = row['hit_rate_where_floor_fits']
+            rows.append(
+                [
+                    condition.replace('_', ' ') + (' processes' if condition != 'idle' else ''),
+                    f'{level}x ({row["budget_ms"]} ms)',
+                    row['queries'],
+                    '-' if hit is None else pct(hit),
+                    pct(row['hit_rate_all']),
+                    row['floor_predicted_misses'],
+                    f'{lat["p50"]} / {lat["p95"]} / {lat["p99"]}',
+                    f'{row["keep_ratio_mean"]:.2f}',
+                    pct(row['prefix_reused_share']),
+                    f'{err["mean"]:+.1f} / {err["p95_late"]:+.1f}',
+                    f'{interval(row, "accuracy")}',
+                    f'{interval(row, "accuracy_minus_dense_points")}',
+                ]
+            )
+    return ['## Deadlines', provenance(result, 'deadline'), intro, table(header, rows)]
+
+
+def gpu(result: dict) -> list:
+    card = result['gpu']
+    intro = (
+        f'{result["model"]["setup"]} with random weights built in place ({result["model"]["dtype"]}), '
+        f'{result["scene"]["views"]} views, {result["scene"]["spatial_tokens"]} spatial tokens, on {card["name"]} '
+        f'(torch {card["torch"]}, CUDA {card["cuda"]}). CLIP ViT-L/14-336: {result["clip_ms_one_view"]} ms a view.'
+    )
+    header = [
+        'policy',
+        'tokens kept',
+        'first token (ms)',
+        'prefill (ms)',
+        'decode (ms/token)',
+        'end to end (ms)',
+        'peak GPU memory (MB)',
+        'FLOPs saved',
+    ]
+    rows = [
+        [
+            name,
+            p['spatial_tokens_kept'],
+            p['ttft_ms'],
+            p['prefill_ms'],
+            p['decode_ms_per_token'],
+            p['end_to_end_ms'],
+            p['peak_gpu_memory_mb'],
+            pct(p['flops_saved']),
+        ]
+        for name, p in result['policies'].items()
+    ]
+    levels = table(
+        ['budget', 'queries', 'in time', 'in time where the floor fits', 'p50 / p95 (ms)', 'keep ratio'],
+        [
+            [
+                f'{lv["fraction_of_dense"]}x ({lv["budget_ms"]} ms)',
+                lv['queries'],
+                pct(lv['hit_rate']),
+                '-' if lv['hit_rate_where_floor_fits'] is None else pct(lv['hit_rate_where_floor_fits']),
+                f'{lv["latency_ms_p50"]} / {lv["latency_ms_p95"]}',
+                lv['keep_ratio_mean'],
+            ]
+            for lv in result['deadline']['levels']
+        ],
+    )
+    return ['## On a GPU', provenance(result, 'gpu'), intro, table(header, rows), levels]
+
+
 def render() -> str:
     parts = [HEADER]
     parts += queries(load('query')) + perception(load('perception')) + gating(load('gating'))
@@ -537,6 +639,15 @@ def render() -> str:
     parts += prefix_cache(load('prefix_cache'))
     parts += width(load('width'))
     parts += soak(load('soak'))
+    parts += deadline(load('deadline'))
+    if (RESULTS / 'gpu.json').is_file():  # only where a GPU ran make bench-gpu
+        parts += gpu(load('gpu'))
+    else:
+        parts += [
+            '## On a GPU',
+            'Not measured yet: no GPU was at hand. `make bench-gpu` on a CUDA machine writes '
+            '`benchmarks/results/gpu.json`, and this section from it.',
+        ]
     return '\n\n'.join(parts) + '\n'
 
 

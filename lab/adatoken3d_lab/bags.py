@@ -251,14 +251,17 @@ class BagPlayer:
         self.wait_for_subscribers(list(self.publishers), timeout_s)
         client.wait_for_inputs([topics.inputs()[topic] for topic in self.publishers], timeout_s)
 
-    def play(self) -> int:
-        """Publish every message once, paced by its recorded timestamp; returns the count."""
+    def play(self, should_stop=lambda: False) -> int:
+        """Publish every message once (until should_stop() is true), paced by its recorded timestamp;
+        returns the count."""
         from adatoken3d_node.outgoing import to_stamp
 
         start_wall = time.monotonic()
         start_bag: Optional[int] = None
         count = 0
         for connection, stamp, data in self._reader.messages(connections=self.connections):
+            if should_stop():
+                break
             start_bag = stamp if start_bag is None else start_bag
             due = start_wall + (stamp - start_bag) / 1e9 / self.rate
             delay = due - time.monotonic()
