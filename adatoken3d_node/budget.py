@@ -17,18 +17,20 @@ for the loaded model on this device:
 
 It is fitted at configure from a short warm-up sweep over prompt lengths (dense and pruned prefills
 of synthetic embeddings, and questions against their caches: the cached-prefix path) and refitted
-online from every answered query (a sliding window). How much longer than predicted the budgeted
-answers took, from the decision to the answer being ready (everything the terms do not model included),
-sets the safety margin; the error of each term is reported in /diagnostics.
+online from every answered query (a sliding window). How much later than predicted the budgeted
+answers were ready, from the decision on (everything the terms do not model included), sets the safety
+margin (its 98th percentile, in ms); the error of each term is reported in /diagnostics.
 
 With a calibrated frontier (`gating: auto` and a profile that has one, calibrate.py), the controller
 picks among the frontier's policies: the least pruned whose predicted total fits the time the budget
-has left less a safety margin learnt from the recent prediction errors, never one keeping fewer than
-`min_keep_ratio` of the spatial tokens. A selection before the language model adds its own running
-mean time (k-centre's picks are sequential). Without a frontier it prunes with one family of
-schedules, cuts at L/4, L/2 and 3L/4 keeping r^(1/3), r^(2/3) and r of the spatial tokens (the
-AdaToken-3D shape), and picks the largest keep ratio r, never below `min_keep_ratio`. When even the
-floor does not fit, the query runs at the floor and is answered late: deadline_met (measured) says so.
+has left less the safety margin, never one keeping fewer than `min_keep_ratio` of the spatial tokens;
+when none fits, the one predicted to be least late (not the frontier's last point: its FLOPs edge over
+the points before it is small and its answers are the worst). A selection before the language model
+adds its own running mean time (k-centre's picks are sequential). Without a frontier it prunes with one
+family of schedules, cuts at L/4, L/2 and 3L/4 keeping r^(1/3), r^(2/3) and r of the spatial tokens
+(the AdaToken-3D shape), and picks the largest keep ratio r, never below `min_keep_ratio`; when even
+that floor does not fit, it runs at the floor. Such a query is answered late: deadline_met (measured)
+says so.
 """
 
 import collections
@@ -46,7 +48,9 @@ from .model.gating_policy import GatingPolicy, parse_gating, quarter_layers, rat
 TERMS = ('vision', 'prefill', 'decode')  # what a prediction is made of (Prediction), errors tracked per term
 LENGTH_QUANTILE = 0.9  # of the recent answers' lengths, planned for (CostModel.planned_new_tokens)
 MIN_LENGTHS = 8  # answers seen before their lengths are trusted over max_new_tokens
-LATE_QUANTILE = 0.98  # of actual / predicted time, aimed under (CostModel.safety_margin): 99% deadlines
+LATE_QUANTILE = 0.98  # of how late answers were against their prediction, kept free (CostModel.safety_margin_ms)
+INITIAL_MARGIN = 0.10  # of the time left, kept free until a few budgeted answers were seen
+MARGIN_LIMITS = (0.05, 0.60)  # the margin, as shares of the time left
 
 
 def budget_schedule(num_layers: int, keep_ratio: float, raters: str = 'last') -> str:
@@ -128,7 +132,7 @@ class CostModel:
         self._vision_ms: Optional[float] = None  # running mean of observed vision times
         self._selection_ms: dict = {}  # selection method -> running mean of its observed times
         self._errors: Deque[float] = collections.deque(maxlen=window)  # (actual - predicted) / actual
-        self._late: Deque[float] = collections.deque(maxlen=window)  # actual / predicted, from the decision on
+        self._late_ms: Deque[float] = collections.deque(maxlen=window)  # actual - predicted, from the decision on
         self._unmodelled: Deque[float] = collections.deque(maxlen=window)  # ms outside the predicted terms
         self._term_errors = {term: collections.deque(maxlen=window) for term in TERMS}  # |actual - predicted| ms
         self._lengths: Deque[Tuple[int, bool]] = collections.deque(maxlen=window)  # (tokens, cut by its limit)
@@ -226,8 +230,7 @@ class CostModel:
         with self._lock:
             if elapsed_ms > 0:
                 self._errors.append((elapsed_ms - predicted.total_ms) / elapsed_ms)
-            if predicted.total_ms > 0:
-                self._late.append(elapsed_ms / predicted.total_ms)
+            self._late_ms.append(elapsed_ms - predicted.total_ms)
             for term, actual, guess in zip(TERMS, (vision_ms, prefill_ms, decode_ms), predicted.terms):
                 self._term_errors[term].append(abs(actual - guess))
             self._unmodelled.append(elapsed_ms - (vision_ms + prefill_ms + decode_ms))
@@ -247,16 +250,23 @@ class CostModel:
         with self._lock:
             return float(np.mean(np.abs(self._errors))) if self._errors else None
 
-    def safety_margin(self) -> float:
-        """How far under the time left to aim: 1 - 1/q, q the LATE_QUANTILE of the recent ratios of the time
-        taken after a decision to the time predicted, within [5%, 60%] (10% until 3 budgeted queries were
-        seen). Aiming there, that share of answers would have come in time; timings disturbed by other
-        work on the machine widen it by themselves."""
+    def safety_margin_ms(self, remaining_ms: float) -> float:
+        """How far under the time left to aim: the LATE_QUANTILE of how much later than predicted the recent
+        budgeted answers were ready (ms; the time from the decision on, so what no term models counts), within
+        MARGIN_LIMITS of the time left (INITIAL_MARGIN of it until 3 budgeted answers were seen). The
+        lateness is additive on a busy machine (another thread holding the interpreter while a view
+        arrives), so it is kept in ms, not as a share of the prediction."""
         with self._lock:
-            if len(self._late) < 3:
-                return 0.10
-            q = float(np.quantile(self._late, LATE_QUANTILE))
-            return float(np.clip(1 - 1 / q, 0.05, 0.60))
+            late = list(self._late_ms)
+        if len(late) < 3:
+            return INITIAL_MARGIN * remaining_ms
+        low, high = MARGIN_LIMITS
+        return float(np.clip(np.quantile(late, LATE_QUANTILE), low * remaining_ms, high * remaining_ms))
+
+    def late_ms(self) -> Optional[float]:
+        """The LATE_QUANTILE of the recent budgeted answers' lateness (ms), None before any."""
+        with self._lock:
+            return float(np.quantile(self._late_ms, LATE_QUANTILE)) if self._late_ms else None
 
 
 @dataclass(frozen=True)
@@ -321,9 +331,10 @@ class BudgetController:
 
     def _decide_on_frontier(self, remaining_ms: float, text: int, spatial: int, new_tokens: int):
         """The first frontier policy (least pruned first) predicted to fit among those keeping at least
-        min_keep_ratio of the spatial tokens, else the last of them; None when none keeps that much."""
+        min_keep_ratio of the spatial tokens, else the one of them predicted to be least late; None when
+        none keeps that much."""
         L = self.cost.shape.num_layers
-        decision = None
+        least_late = None
         for policy in self.frontier:
             counts = planned_tokens_per_layer(policy, L, text, spatial)
             share = (counts[-1] - text) / spatial
@@ -332,8 +343,10 @@ class BudgetController:
             predicted = self.predict_counts(counts, new_tokens, policy.pre and policy.pre.method)
             decision = BudgetDecision(share, str(policy), predicted, predicted.total_ms <= remaining_ms)
             if decision.fits:
-                break
-        return decision
+                return decision
+            if least_late is None or predicted.total_ms < least_late.predicted_ms:
+                least_late = decision
+        return least_late
 
     def predict(self, keep_ratio: float, text: int, spatial: int, new_tokens: int) -> Prediction:
         """A query at this keep ratio of budget_schedule (the scene snapshot is taken before deciding: its
@@ -363,7 +376,7 @@ class BudgetController:
         (question_tokens after it), its dense answer when that is predicted to fit, or to be the least late."""
         # Aim under the time left: the prediction is a mean, and publishing the answer after the model
         # is done takes a few ms the cost model does not see.
-        remaining_ms = remaining_ms * (1 - self.cost.safety_margin())
+        remaining_ms = remaining_ms - self.cost.safety_margin_ms(remaining_ms)
         if cached_tokens is None:
             return self._decide_recompute(remaining_ms, text, spatial, new_tokens)
         predicted = self.predict_hit(question_tokens, cached_tokens, new_tokens)

@@ -86,11 +86,11 @@ def budget_values(pipeline, max_new_tokens: int) -> Dict[str, str]:
     """The latency-budget cost model: its prediction errors, fitted coefficients, and the answer length it
     plans for a request of max_new_tokens (the node's default)."""
     cost = pipeline.budget.cost
-    error, unmodelled = cost.mean_relative_error(), cost.unmodelled_ms()
+    error, unmodelled, late = cost.mean_relative_error(), cost.unmodelled_ms(), cost.late_ms()
     keep = pipeline.last_keep_ratio
     return {
         'budget.prediction_error': f'{error:.3f}' if error is not None else '',
-        'budget.safety_margin': f'{cost.safety_margin():.3f}',
+        'budget.late_ms_p98': f'{late:.2f}' if late is not None else '',
         'budget.unmodelled_ms': f'{unmodelled:.2f}' if unmodelled is not None else '',
         'budget.last_keep_ratio': f'{keep:.3f}' if keep is not None else '',
         'budget.prefill_ms_per_linear_gflop': f'{cost.prefill_coef[0]:.3f}',

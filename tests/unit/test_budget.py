@@ -14,8 +14,8 @@ def test_controller_picks_the_least_pruning_that_fits():
     cost.prefill_coef = np.array([1000.0, 1000.0, 0.0, 0.0])  # 1 ms per MFLOP, no cost per cut
     controller = budget.BudgetController(cost, min_keep_ratio=0.1)
     dense_ms = controller.predict(1.0, 50, 1000, 1).total_ms
-    margin = cost.safety_margin()
-    assert margin == 0.10  # before any budgeted query was seen
+    margin = budget.INITIAL_MARGIN
+    assert cost.safety_margin_ms(100.0) == 10.0 and margin == 0.10  # before any budgeted query was seen
     assert controller.decide(dense_ms / (1 - margin) + 1, 50, 1000, 1).policy_text == 'none'
     tight = controller.decide(0.75 * dense_ms, 50, 1000, 1)
     tighter = controller.decide(0.6 * dense_ms, 50, 1000, 1)
@@ -57,7 +57,7 @@ def test_controller_picks_the_least_pruned_frontier_policy_that_fits():
     controller = budget.BudgetController(cost, min_keep_ratio=0.05, frontier=FRONTIER)
     assert [str(p) for p in controller.frontier] == list(FRONTIER[:4])  # mass: counts depend on the scores
     dense_ms = controller.predict(1.0, 50, 1000, 1).total_ms
-    margin = cost.safety_margin()
+    margin = budget.INITIAL_MARGIN
 
     def predicted(text):
         counts = budget.planned_tokens_per_layer(parse_gating(text, 8), 8, 50, 1000)
@@ -80,6 +80,10 @@ def test_controller_picks_the_least_pruned_frontier_policy_that_fits():
     # a selection's observed time is part of the prediction: k-centre no longer fits, the schedule does
     cost.add_selection_time('kcentre', 10 * dense_ms)
     assert controller.decide(both, 50, 1000, 1).policy_text == 'schedule:2:0.5,4:0.25'
+    # when none fits, the least late, not the last: here the layer-0 score's time makes the schedule sooner
+    cost.add_selection_time(parse_gating('fastv:0:0.05~question', 8).pre.method, 10 * dense_ms)
+    late = controller.decide(1.0, 50, 1000, 1)
+    assert (late.policy_text, late.fits) == ('schedule:2:0.5,4:0.25', False)
 
 
 def test_planned_counts_are_what_the_policy_keeps():
@@ -122,7 +126,7 @@ def test_the_answer_length_planned_for_is_what_answers_take_not_their_limit():
     after = controller.predict(1.0, 50, 1000, 32)
     assert after.new_tokens == 3 and after.decode_ms == 2 * 5.0 and after.prefill_ms == before.prefill_ms
     # a budget that dense misses when planning 32 tokens and meets when planning what answers take: dense
-    margin = cost.safety_margin()
+    margin = budget.INITIAL_MARGIN
     assert controller.decide((after.total_ms + 1) / (1 - margin), 50, 1000, 32).keep_ratio == 1.0
     # answers cut by their limit say nothing of how long they would have been: plan for the limit again
     for _ in range(60):
@@ -144,16 +148,20 @@ def test_prediction_errors_are_tracked_per_term():
 def test_the_safety_margin_covers_the_late_answers_seen():
     shape = LlamaShape(hidden=64, intermediate=176, num_layers=8, num_heads=4, num_kv_heads=4, head_dim=16, vocab=100)
     cost = budget.CostModel(shape)
-    on_time = budget.Prediction(0.0, 10.0, 0.0, 1)
-    assert cost.safety_margin() == 0.10  # nothing seen yet
-    for _ in range(48):
-        cost.record_error(on_time, 0.0, 10.0, 0.0, elapsed_ms=10.0)
-    assert cost.safety_margin() == 0.05  # as predicted: the least margin
-    cost.record_error(on_time, 0.0, 10.0, 0.0, elapsed_ms=25.0)
-    assert cost.safety_margin() < 0.06  # one answer in 49 taking 2.5x barely moves the 98th percentile
-    for _ in range(2):
-        cost.record_error(on_time, 0.0, 10.0, 0.0, elapsed_ms=20.0)
-    assert np.isclose(cost.safety_margin(), 1 - 1 / 2.0)  # three in 51 are: aim at half the time left
-    for _ in range(3):
-        cost.record_error(on_time, 0.0, 10.0, 0.0, elapsed_ms=100.0)
-    assert cost.safety_margin() == 0.60  # never more than this: a disturbed machine does not stop answers
+    predicted = budget.Prediction(0.0, 10.0, 0.0, 1)
+
+    def answered(late_ms: float, times: int = 1) -> None:
+        for _ in range(times):
+            cost.record_error(predicted, 0.0, 10.0, 0.0, elapsed_ms=10.0 + late_ms)
+
+    assert cost.safety_margin_ms(200.0) == 20.0  # nothing seen yet: 10% of the time left
+    answered(0.0, 48)
+    assert cost.safety_margin_ms(200.0) == 10.0  # as predicted: the least margin, 5%
+    answered(30.0)
+    assert cost.safety_margin_ms(200.0) == 10.0  # one answer in 49 30 ms late is below the 98th percentile
+    answered(20.0, 2)
+    assert cost.safety_margin_ms(200.0) == 20.0 == cost.late_ms()  # three in 51 are: keep 20 ms free
+    answered(-50.0, 10)  # early answers do not pay for late ones
+    assert cost.safety_margin_ms(200.0) == 20.0
+    answered(500.0, 3)
+    assert cost.safety_margin_ms(200.0) == 120.0  # never more than 60%: a disturbed machine still answers
