@@ -562,12 +562,13 @@ def deadline(result: dict) -> list:
                 continue
             lat, err = row['latency_ms'], row['prediction_error_ms'] or {'mean': 0, 'p95_late': 0}
             hit = row['hit_rate_where_floor_fits']
+            reachable = row['queries'] - row['floor_predicted_misses']
             rows.append(
                 [
                     condition.replace('_', ' ') + (' processes' if condition != 'idle' else ''),
                     f'{level}x ({row["budget_ms"]} ms)',
                     row['queries'],
-                    '-' if hit is None else pct(hit),
+                    '-' if hit is None else f'{pct(hit)} ({reachable - row["missed_where_floor_fits"]} of {reachable})',
                     pct(row['hit_rate_all']),
                     row['floor_predicted_misses'],
                     f'{lat["p50"]} / {lat["p95"]} / {lat["p99"]}',
