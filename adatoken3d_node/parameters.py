@@ -228,7 +228,13 @@ PARAMETERS = (
         'Reliability of the sensor subscriptions (REP-2003 sensor data QoS is best_effort).',
         choices=RELIABILITY_CHOICES,
     ),
-    ParameterSpec('sensor_qos_depth', 5, 'History depth of the sensor subscriptions (keep last).', min_value=1),
+    ParameterSpec(
+        'sensor_qos_depth',
+        5,
+        'History depth of the sensor subscriptions (keep last); with reliable QoS also how many synchronised '
+        'sets may wait for the perception thread (best effort: 4, the oldest dropped when it falls behind).',
+        min_value=1,
+    ),
     ParameterSpec('diagnostics_period_s', 1.0, 'Period of the /diagnostics status.', min_value=0.05),
 )
 

@@ -4,7 +4,8 @@ Sensor callbacks only record: they hand messages to the time synchroniser and
 TF buffer and return. Completed colour/depth sets go into a short FIFO that the
 perception thread drains in order; when processing falls behind, the oldest
 set is dropped (counted), so views are never more than a few frames stale and
-memory stays bounded. The thread converts messages, waits
+memory stays bounded. With reliable sensor QoS (a replayed bag that must lose
+nothing) the FIFO holds as many sets as the QoS depth lets wait. The thread converts messages, waits
 for TF at the message stamp (with a timeout, never "latest"), registers depth
 to the colour camera when needed and offers the posed view to the scene
 memory. Every kind of bad input is logged once per period and counted; the
@@ -52,6 +53,7 @@ class SensorConfig:
     depth_scale: float  # 0: by encoding
     sync_slop_s: float
     tf_timeout_s: float
+    pending_sets: int = PENDING_SETS  # synchronised sets that may wait for the perception thread
 
     @classmethod
     def from_parameters(cls, config) -> 'SensorConfig':
@@ -62,6 +64,10 @@ class SensorConfig:
             config['depth_scale'],
             config['sync_slop_s'],
             config['tf_timeout_s'],
+            # reliable QoS asks for every message: as many sets may wait here as the QoS depth lets wait there
+            max(PENDING_SETS, config['sensor_qos_depth'])
+            if config['sensor_qos_reliability'] == 'reliable'
+            else PENDING_SETS,
         )
 
 
@@ -89,7 +95,7 @@ class SensorPipeline:
         self.problems = ProblemLog()
         self.rates: Dict[str, RateMeter] = {key: RateMeter() for key in (*names.SENSOR_TOPICS, 'tf', 'tf_static')}
         self.counters = collections.Counter()
-        self._pending: 'collections.deque' = collections.deque(maxlen=PENDING_SETS)
+        self._pending: 'collections.deque' = collections.deque(maxlen=config.pending_sets)
         self._wake = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name='adatoken3d-perception', daemon=True)

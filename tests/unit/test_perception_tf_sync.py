@@ -495,3 +495,14 @@ def test_sync_rejects_bad_arguments():
         ApproximateTimeSync(['a', 'b'], 0.01, queue_size=0)
     with pytest.raises(KeyError, match='rgb'):
         ApproximateTimeSync(['a', 'b'], 0.01).add('rgb', 0, None)
+
+
+def test_reliable_sensor_qos_lets_as_many_sets_wait_as_its_depth():
+    from adatoken3d_node import parameters
+    from adatoken3d_node.sensors import PENDING_SETS, SensorConfig
+
+    config = parameters.defaults()
+    assert config['sensor_qos_reliability'] == 'best_effort'
+    assert SensorConfig.from_parameters(config).pending_sets == PENDING_SETS  # stale sets dropped: fresh views
+    config.update(sensor_qos_reliability='reliable', sensor_qos_depth=20)  # a replay that must lose nothing
+    assert SensorConfig.from_parameters(config).pending_sets == 20
