@@ -43,6 +43,7 @@ setup(
         'console_scripts': [
             'adatoken3d_node = adatoken3d_node.node:main',
             'adatoken3d-bringup = adatoken3d_node.bringup:main',
+            'adatoken3d-ask = adatoken3d_node.ask:main',
         ]
     },
 )
