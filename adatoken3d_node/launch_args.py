@@ -24,16 +24,9 @@ class LaunchArgument:
     description: str
 
 
-# Parameters that can be overridden straight from the command line.
-PARAMETER_ARGUMENTS = (
-    'model_path',
-    'vision_tower_path',
-    'device',
-    'latency_budget_ms',
-    'gating',
-    'sensor_qos_reliability',
-    'sensor_qos_depth',
-)
+# Every node parameter can be overridden straight from the command line, as yolo_ros and llama_ros allow.
+PARAMETER_ARGUMENTS = tuple(spec.name for spec in parameters.PARAMETERS)
+PARAMETERS_ROW = '<parameter>'  # the one row that stands for all of them in markdown_table
 
 LAUNCH_ARGUMENTS: Tuple[LaunchArgument, ...] = (
     (
@@ -131,11 +124,18 @@ def describe() -> str:
 
 
 def markdown_table() -> str:
+    """The README's table: the launch's own arguments and remaps, and one row for all the parameters (the
+    parameter table lists them; --help lists every argument by name)."""
     rows = ['| argument | default | meaning |', '| --- | --- | --- |']
-    rows += [
-        f'| `{arg.name}` | {f"`{arg.default}`" if arg.default else "(empty)"} | {arg.description} |'
-        for arg in LAUNCH_ARGUMENTS
-    ]
+    for arg in LAUNCH_ARGUMENTS:
+        if arg.name in PARAMETER_ARGUMENTS:
+            if arg.name == PARAMETER_ARGUMENTS[0]:
+                rows.append(
+                    f'| `{PARAMETERS_ROW}` | (empty) | Any parameter below, e.g. `fixed_frame:=odom`, overrides '
+                    'it (empty: from params_file). |'
+                )
+            continue
+        rows.append(f'| `{arg.name}` | {f"`{arg.default}`" if arg.default else "(empty)"} | {arg.description} |')
     return '\n'.join(rows)
 
 

@@ -47,3 +47,19 @@ def write_params(path: pathlib.Path, **overrides) -> pathlib.Path:
     values.update(overrides)
     path.write_text(yaml.safe_dump({'/**': {'ros__parameters': values}}))
     return path
+
+
+def other_value(spec, strings=None):
+    """A valid value of a parameter other than its default (its type, choices and bounds kept), for tests that
+    set every parameter; strings: values for the free-text ones (a path, a frame), by name."""
+    default = spec.default
+    if spec.choices is not None:
+        return next(c for c in reversed(spec.choices) if c != default)
+    if isinstance(default, bool):
+        return not default
+    if isinstance(default, str):
+        return (strings or {}).get(spec.name, default + '_other')
+    value = default + 1 if isinstance(default, int) else (default * 1.5 if default else 0.5)
+    if spec.max_value is not None and value > spec.max_value:
+        value = type(default)((default + (spec.min_value or 0)) / 2)
+    return value

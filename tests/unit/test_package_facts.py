@@ -103,14 +103,27 @@ def test_launch_arguments_turn_into_the_documented_node_start():
         '-p',
         'model_path:="/m"',
         '-p',
-        'latency_budget_ms:=250.0',
-        '-p',
         'gating:="none"',
+        '-p',
+        'latency_budget_ms:=250.0',
         '-r',
         'color/image_raw:=/cam/color',
         '--log-level',
         'info',
     ]
+
+
+def test_every_parameter_is_a_launch_argument_of_its_type():
+    from conftest import other_value
+
+    specs = parameters.PARAMETERS
+    wanted = {spec.name: other_value(spec) for spec in specs}
+    assert all(wanted[spec.name] != spec.default and spec.validate(wanted[spec.name]) is None for spec in specs)
+    values = launch_args.parse_cli(launch_args.format_cli(wanted))
+    assert launch_args.parameter_overrides(values) == {'use_sim_time': False, **wanted}
+    assert all(type(v) is type(parameters.BY_NAME[n].default) for n, v in wanted.items())
+    with pytest.raises(ValueError, match="unknown launch argument 'fixed_frames'.*fixed_frame"):
+        launch_args.parse_cli(['fixed_frames:=odom'])
 
 
 def test_a_lossless_replay_is_asked_for_with_launch_arguments_of_the_right_type():
