@@ -39,7 +39,7 @@ from .model.gating import DecodeRow
 from .model.gating_policy import GatingPolicy, parse_gating
 from .model.llava3d import parse_locations
 from .model.loader import ModelLoadError
-from .model.profiles import frontier_gatings, load_profile, resolve_gating, uncalibrated_note
+from .model.profiles import frontier_gatings, gating_under, is_auto, load_profile, uncalibrated_note
 from .model.scene_qa import SceneAnswerer
 from .perception.frontend import FrontEndConfig, SceneFrontEnd
 from .perception.keyframes import KeyframePolicy
@@ -415,12 +415,12 @@ def build_engine(config: Dict[str, object]) -> QueryEngine:
         )
     except (ModelLoadError, ValueError, OSError) as error:
         raise ConfigureError(f'the model did not load: {error}') from None
+    auto = is_auto(config['gating'])
+    profile = load_profile(model_path) if auto else None  # read once: the policy, the frontier and the note
     try:
-        policy = answerer.policy(resolve_gating(config['gating'], model_path))
+        policy = answerer.policy(gating_under(config['gating'], profile) if auto else config['gating'])
     except ValueError as error:
         raise ConfigureError(str(error)) from None
-    auto = config['gating'].partition('~')[0].strip() == 'auto'
-    profile = load_profile(model_path) if auto else None
     model = answerer.model
     frontend = SceneFrontEnd(
         FrontEndConfig.for_model(

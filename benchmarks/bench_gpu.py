@@ -57,7 +57,7 @@ from adatoken3d_node.pipeline import AnswerPipeline, warmup_sweep
 from adatoken3d_node.queries import QueryJob
 from adatoken3d_node.scene_cache import PrefixCacheConfig
 
-from .common import machine, write_results
+from .common import CLIP_VIT_L_14_336, LLAVA_3D_7B, machine, write_results
 
 SEED = 0
 KEEP_RATIOS = (0.5, 0.25, 0.1)  # the AdaToken-3D schedule's final keep ratios
@@ -98,23 +98,15 @@ class Setup:
 LLAVA_3D_7B = Setup(
     name='llava-3d-7b',
     llama=dict(
-        hidden_size=4096,
-        intermediate_size=11008,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=32,
+        hidden_size=LLAVA_3D_7B['hidden'],
+        intermediate_size=LLAVA_3D_7B['intermediate'],
+        num_hidden_layers=LLAVA_3D_7B['layers'],
+        num_attention_heads=LLAVA_3D_7B['heads'],
+        num_key_value_heads=LLAVA_3D_7B['heads'],
         max_position_embeddings=4096,
-        vocab_size=32000,
+        vocab_size=LLAVA_3D_7B['vocab'],
     ),
-    clip=dict(
-        hidden_size=1024,
-        intermediate_size=4096,
-        num_hidden_layers=24,
-        num_attention_heads=16,
-        image_size=336,
-        patch_size=14,
-        projection_dim=768,
-    ),
+    clip=CLIP_VIT_L_14_336,
     views=20,
     image=(320, 240),
     voxel_size=0.05,  # the 20 views give about 6500 voxels of 5 cm: capped to 2560

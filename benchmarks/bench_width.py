@@ -31,9 +31,8 @@ from adatoken3d_node.model.flops import LlamaShape, extend_flops, input_scoring_
 from adatoken3d_node.model.gating import GatedLlama
 from adatoken3d_node.model.gating_policy import parse_gating
 
-from .common import machine, write_results
+from .common import CLIP_VIT_L_14_336, LLAVA_3D_7B, machine, write_results
 
-LLAVA_7B = dict(hidden=4096, heads=32, intermediate=11008, vocab=32000, layers=32)
 BEFORE, SPATIAL, AFTER = 35, 2560, 25
 TEXT = BEFORE + AFTER
 SCHEDULE_LAYERS = (8, 16, 24)  # AdaToken-3D's cuts at 32 layers
@@ -57,11 +56,11 @@ def build(layers: int):
 
     config = LlamaConfig(
         num_hidden_layers=layers,
-        hidden_size=LLAVA_7B['hidden'],
-        num_attention_heads=LLAVA_7B['heads'],
-        num_key_value_heads=LLAVA_7B['heads'],
-        intermediate_size=LLAVA_7B['intermediate'],
-        vocab_size=LLAVA_7B['vocab'],
+        hidden_size=LLAVA_3D_7B['hidden'],
+        num_attention_heads=LLAVA_3D_7B['heads'],
+        num_key_value_heads=LLAVA_3D_7B['heads'],
+        intermediate_size=LLAVA_3D_7B['intermediate'],
+        vocab_size=LLAVA_3D_7B['vocab'],
         max_position_embeddings=4096,
     )
     torch.manual_seed(0)
@@ -71,7 +70,7 @@ def build(layers: int):
 def schedule_counts(ratio: float) -> list:
     """Tokens entering each of the 32 layers under the AdaToken-3D schedule keeping `ratio` at the end."""
     counts, n = [], TEXT + SPATIAL
-    for layer in range(LLAVA_7B['layers']):
+    for layer in range(LLAVA_3D_7B['layers']):
         if layer in SCHEDULE_LAYERS:
             stage = SCHEDULE_LAYERS.index(layer) + 1
             n = TEXT + math.ceil(round(ratio ** (stage / 3) * SPATIAL, 6))
@@ -89,11 +88,17 @@ def main(argv=None) -> int:
     gated = GatedLlama(model)
     L = gated.shape.num_layers
     shape32 = LlamaShape(
-        LLAVA_7B['hidden'], LLAVA_7B['intermediate'], 32, LLAVA_7B['heads'], LLAVA_7B['heads'], 128, LLAVA_7B['vocab']
+        LLAVA_3D_7B['hidden'],
+        LLAVA_3D_7B['intermediate'],
+        32,
+        LLAVA_3D_7B['heads'],
+        LLAVA_3D_7B['heads'],
+        128,
+        LLAVA_3D_7B['vocab'],
     )
     g = torch.Generator().manual_seed(0)
     total = TEXT + SPATIAL
-    embeds = torch.randn(1, total, LLAVA_7B['hidden'], generator=g) * 0.02  # [1, T, d]
+    embeds = torch.randn(1, total, LLAVA_3D_7B['hidden'], generator=g) * 0.02  # [1, T, d]
     none = parse_gating('none', L)
 
     policies = {'dense': [total] * 32}
@@ -126,16 +131,7 @@ def main(argv=None) -> int:
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
     torch.manual_seed(0)
-    clip = CLIPVisionModel(
-        CLIPVisionConfig(
-            hidden_size=1024,
-            intermediate_size=4096,
-            num_hidden_layers=24,
-            num_attention_heads=16,
-            image_size=336,
-            patch_size=14,
-        )
-    ).eval()
+    clip = CLIPVisionModel(CLIPVisionConfig(**CLIP_VIT_L_14_336)).eval()
     pixels = torch.randn(1, 3, 336, 336, generator=g)
     with torch.inference_mode():
         clip_ms = timed(lambda: clip(pixel_values=pixels), args.repeats)
@@ -179,7 +175,7 @@ def main(argv=None) -> int:
             'benchmark': 'width',
             'machine': machine(),
             'command': 'python -m benchmarks.bench_width',
-            'shape': LLAVA_7B,
+            'shape': LLAVA_3D_7B,
             'layers_built': L,
             'tokens': {'text_before': BEFORE, 'spatial': SPATIAL, 'question': AFTER},
             'dtype': 'float32',

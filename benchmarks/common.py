@@ -10,6 +10,17 @@ import time
 
 RESULTS = pathlib.Path(__file__).resolve().parent / 'results'
 
+# LLaVA-3D-7B's language model and vision tower, the shapes bench_width and bench_gpu build
+LLAVA_3D_7B = dict(hidden=4096, heads=32, intermediate=11008, vocab=32000, layers=32)
+CLIP_VIT_L_14_336 = dict(  # transformers CLIPVisionConfig keys
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    image_size=336,
+    patch_size=14,
+)
+
 
 def machine() -> dict:
     import torch

@@ -74,16 +74,25 @@ def uncalibrated_note(model_path) -> str:
     )
 
 
-def resolve_gating(text: str, model_path) -> str:
-    """The gating text to run: `auto` becomes the calibrated policy of this checkpoint (`auto~question`
-    the same scored by the question's tokens, gating.py), or UNCALIBRATED_AUTO when it has no profile
-    (uncalibrated_note says so): a checkpoint nobody calibrated is not pruned on a guess."""
-    base, tilde, raters = text.partition('~')
-    if base.strip() != 'auto':
-        return text
-    profile = load_profile(model_path)
+def is_auto(text: str) -> bool:
+    """Whether a gating text asks for the calibrated policy (`auto`, `auto~question`)."""
+    return text.partition('~')[0].strip() == 'auto'
+
+
+def gating_under(text: str, profile: dict | None) -> str:
+    """What `gating: auto` (text, any raters) runs under a checkpoint's loaded profile (None: it has none):
+    the calibrated policy, `auto~question` the same scored by the question's tokens (gating.py), or
+    UNCALIBRATED_AUTO without a profile (uncalibrated_note says so): a checkpoint nobody calibrated is not
+    pruned on a guess."""
     if profile is None:
         return UNCALIBRATED_AUTO
+    _, tilde, raters = text.partition('~')
     gating = auto_gating(profile)
     # auto~question: the question's raters wherever the calibrated policy scores tokens at all
     return gating.partition('~')[0] + tilde + raters if tilde and scores_tokens(gating) else gating
+
+
+def resolve_gating(text: str, model_path) -> str:
+    """The gating text to run for the checkpoint at model_path: anything but `auto` as written, `auto` as
+    gating_under its profile."""
+    return gating_under(text, load_profile(model_path)) if is_auto(text) else text

@@ -40,9 +40,9 @@ import numpy as np
 
 from adatoken3d_lab.bags import LOSSLESS_REPLAY_PARAMETERS, BagPlayer, CameraTopics, write_rgbd_bag
 from adatoken3d_lab.stats import PairedBootstrap
-from adatoken3d_lab.synthetic import make_scene, room_frames
+from adatoken3d_lab.synthetic import room_frames
 from adatoken3d_lab.training import questions
-from adatoken3d_lab.training.dataset import RENDER_SIZES, SPLITS, STANDARD_KIND
+from adatoken3d_lab.training.dataset import RENDER_SIZES, SPLITS, STANDARD_KIND, scene_objects
 from adatoken3d_lab.training.evaluate import EVAL_QUESTIONS_PER_FAMILY, is_correct
 from adatoken3d_node import parameters
 from adatoken3d_node.client import NodeProcess, QueryClient
@@ -85,9 +85,7 @@ def make_rooms(config: DeadlineConfig, workdir: pathlib.Path) -> List[Room]:
     rooms = []
     for i in range(config.rooms):
         seed = SPLITS['test'] + i
-        objects = make_scene(
-            seed, None, unique=True, min_size_m=kind.min_size_m, max_size_m=kind.max_size_m, shade_jitter=0.0
-        )
+        objects = scene_objects(seed, kind)
         width, height = RENDER_SIZES[seed % len(RENDER_SIZES)]
         period_ns = int(config.view_period_s * 1e9)
         frames = []

@@ -139,11 +139,12 @@ def token_objects(objects: Sequence[SceneObject], centres: np.ndarray, reach_m: 
     return np.where(distance[np.arange(len(centres)), nearest] < reach_m, nearest, -1)
 
 
-def render_scene(seed: int, config: FrontEndConfig, kind: SceneKind = STANDARD_KIND) -> SceneRecord:
+def scene_objects(seed: int, kind: SceneKind = STANDARD_KIND) -> List[SceneObject]:
+    """The objects of the room of this seed, drawn as `kind` says (what render_scene renders)."""
     n_objects = (
         None if kind.objects is None else int(np.random.default_rng([seed, 2]).integers(*kind.objects, endpoint=True))
     )
-    objects = make_scene(
+    return make_scene(
         seed,
         n_objects,
         unique=True,
@@ -151,6 +152,10 @@ def render_scene(seed: int, config: FrontEndConfig, kind: SceneKind = STANDARD_K
         max_size_m=kind.max_size_m,
         shade_jitter=kind.shade_jitter,
     )
+
+
+def render_scene(seed: int, config: FrontEndConfig, kind: SceneKind = STANDARD_KIND) -> SceneRecord:
+    objects = scene_objects(seed, kind)
     style = {}
     if kind.style != 'standard':
         drawn = sample_style(np.random.default_rng([seed, 1]), held_out=kind.style == 'held_out')
