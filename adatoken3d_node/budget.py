@@ -24,13 +24,13 @@ margin (its 98th percentile, in ms); the error of each term is reported in /diag
 With a calibrated frontier (`gating: auto` and a profile that has one, calibrate.py), the controller
 picks among the frontier's policies: the least pruned whose predicted total fits the time the budget
 has left less the safety margin, never one keeping fewer than `min_keep_ratio` of the spatial tokens;
-when none fits, the one predicted to be least late (not the frontier's last point: its FLOPs edge over
-the points before it is small and its answers are the worst). A selection before the language model
-adds its own running mean time (k-centre's picks are sequential). Without a frontier it prunes with one
-family of schedules, cuts at L/4, L/2 and 3L/4 keeping r^(1/3), r^(2/3) and r of the spatial tokens
-(the AdaToken-3D shape), and picks the largest keep ratio r, never below `min_keep_ratio`; when even
-that floor does not fit, it runs at the floor. Such a query is answered late: deadline_met (measured)
-says so.
+when none fits, the least late, or the least pruned predicted within 10% of it (the frontier's last
+points differ little in time and much in their answers: a near tie is decided by the answers). A
+selection before the language model adds its own running mean time (k-centre's picks are sequential).
+Without a frontier it prunes with one family of schedules, cuts at L/4, L/2 and 3L/4 keeping r^(1/3),
+r^(2/3) and r of the spatial tokens (the AdaToken-3D shape), and picks the largest keep ratio r, never
+below `min_keep_ratio`; when even that floor does not fit, it runs at the floor. Such a query is
+answered late: deadline_met (measured) says so.
 """
 
 import collections
@@ -51,6 +51,7 @@ MIN_LENGTHS = 8  # answers seen before their lengths are trusted over max_new_to
 LATE_QUANTILE = 0.98  # of how late answers were against their prediction, kept free (CostModel.safety_margin_ms)
 INITIAL_MARGIN = 0.10  # of the time left, kept free until a few budgeted answers were seen
 MARGIN_LIMITS = (0.05, 0.60)  # the margin, as shares of the time left
+NEAR_TIE = 0.10  # late frontier policies predicted within this share of the least late: the least pruned runs
 
 
 def budget_schedule(num_layers: int, keep_ratio: float, raters: str = 'last') -> str:
@@ -331,10 +332,10 @@ class BudgetController:
 
     def _decide_on_frontier(self, remaining_ms: float, text: int, spatial: int, new_tokens: int):
         """The first frontier policy (least pruned first) predicted to fit among those keeping at least
-        min_keep_ratio of the spatial tokens, else the one of them predicted to be least late; None when
-        none keeps that much."""
+        min_keep_ratio of the spatial tokens, else the least pruned of them predicted within NEAR_TIE of
+        the least late; None when none keeps that much."""
         L = self.cost.shape.num_layers
-        least_late = None
+        late = []  # least pruned first
         for policy in self.frontier:
             counts = planned_tokens_per_layer(policy, L, text, spatial)
             share = (counts[-1] - text) / spatial
@@ -344,9 +345,11 @@ class BudgetController:
             decision = BudgetDecision(share, str(policy), predicted, predicted.total_ms <= remaining_ms)
             if decision.fits:
                 return decision
-            if least_late is None or predicted.total_ms < least_late.predicted_ms:
-                least_late = decision
-        return least_late
+            late.append(decision)
+        if not late:
+            return None
+        soonest = min(d.predicted_ms for d in late)
+        return next(d for d in late if d.predicted_ms <= soonest * (1 + NEAR_TIE))
 
     def predict(self, keep_ratio: float, text: int, spatial: int, new_tokens: int) -> Prediction:
         """A query at this keep ratio of budget_schedule (the scene snapshot is taken before deciding: its

@@ -86,6 +86,20 @@ def test_controller_picks_the_least_pruned_frontier_policy_that_fits():
     assert (late.policy_text, late.fits) == ('schedule:2:0.5,4:0.25', False)
 
 
+def test_when_no_frontier_policy_fits_a_near_tie_goes_to_the_less_pruned():
+    shape = LlamaShape(hidden=64, intermediate=176, num_layers=8, num_heads=4, num_kv_heads=4, head_dim=16, vocab=100)
+    cost = budget.CostModel(shape)
+    cost.prefill_coef = np.array([1000.0, 1000.0, 0.0, 0.0])
+    frontier = ('kcentre:0.1[merge]', 'fastv:0:0.05~question')
+    controller = budget.BudgetController(cost, min_keep_ratio=0.05, frontier=frontier)
+    coarse, fine = (cost.prefill_ms(budget.planned_tokens_per_layer(parse_gating(t, 8), 8, 50, 1000)) for t in frontier)
+    assert controller.decide(1.0, 50, 1000, 1).policy_text == frontier[1]  # clearly sooner: the least late
+    # the layer-0 score's own time leaves it 5% of the gap sooner: within the tie, the less pruned runs
+    cost.add_selection_time(parse_gating(frontier[1], 8).pre.method, 0.95 * (coarse - fine))
+    late = controller.decide(1.0, 50, 1000, 1)
+    assert (late.policy_text, late.fits) == (frontier[0], False)
+
+
 def test_planned_counts_are_what_the_policy_keeps():
     counts = budget.planned_tokens_per_layer(parse_gating('kcentre:0.25[merge]+fastv:2:0.2', 4), 4, 30, 400)
     assert counts == [130, 130, 50, 50]
