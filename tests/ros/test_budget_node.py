@@ -149,11 +149,13 @@ def test_gating_auto_runs_the_profile_s_pick_and_budgets_pick_on_its_frontier(me
             plain = client.query(QUESTION, timeout=TIMEOUT)
             assert plain.success and plain.metrics.gating == FRONTIER[0]
             assert plain.metrics.spatial_tokens == 1500 and plain.metrics.spatial_tokens_kept == 750
-            # no time at all: the most pruned frontier point at or above budget_min_keep_ratio (0.1), late
+            # no time at all: a frontier point at or above budget_min_keep_ratio (0.1), late: the least late,
+            # or the least pruned within 10% of it (budget.NEAR_TIE; which one depends on this machine's times)
             late = client.query(QUESTION, latency_budget_ms=1.0, timeout=TIMEOUT)
-            assert late.success and not late.metrics.deadline_met
-            assert 'floor' in late.metrics.gating and late.metrics.gating.endswith(FRONTIER[2])
-            assert late.metrics.spatial_tokens_kept == 150
+            assert late.success and not late.metrics.deadline_met and 'floor' in late.metrics.gating
+            ran = late.metrics.gating.rsplit(', ', 1)[-1]
+            kept = {FRONTIER[0]: 750, FRONTIER[1]: 375, FRONTIER[2]: 150}  # FRONTIER[3] keeps 5%: below the floor
+            assert ran in kept and late.metrics.spatial_tokens_kept == kept[ran]
             # plenty of time: dense
             roomy = client.query(QUESTION, latency_budget_ms=60_000.0, timeout=TIMEOUT)
             assert roomy.success and roomy.metrics.deadline_met and roomy.metrics.gating.endswith('none')
